@@ -1,0 +1,3 @@
+from medfusion.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""Callbacks that write a run's results next to its logs: ``metrics.json`` and ``predictions.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's own versioned directory (the logger's), or ``default_root_dir`` without a logger."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class MetricsJSON(Callback):
+    """Write the final test metrics (every ``test*/`` key) to ``<run dir>/metrics.json`` on rank zero."""
+
+    def __init__(self, filename: str = "metrics.json") -> None:
+        self.filename = filename
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test") and "/" in k
+        }
+        path = run_dir(trainer) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: (None if math.isnan(v) else v) for k, v in metrics.items()}, indent=2) + "\n")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``id, prediction, prob_<class>...`` for every predicted sample, once, on rank zero.
+
+    Predictions of all DDP ranks are gathered; ids are written in first-seen order and an id
+    seen twice is written once, so no padding duplicate reaches the file.
+
+    Args:
+        output_path: the CSV path; default ``<run dir>/predictions.csv``.
+    """
+
+    def __init__(self, output_path: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_path = output_path
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
+    ) -> None:
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        local = [(i, p.tolist()) for b in batches for i, p in zip(b["id"], b["probs"].cpu(), strict=True)]
+        gathered = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, local)
+        if not trainer.is_global_zero:
+            return
+        class_names = list(getattr(pl_module, "class_names", []))
+        rows: dict[str, list[float]] = {}
+        for part in gathered:
+            for sample_id, probs in part:
+                rows.setdefault(sample_id, probs)
+        path = Path(self.output_path) if self.output_path else run_dir(trainer) / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "prediction", *(f"prob_{c}" for c in class_names)])
+            for sample_id, probs in rows.items():
+                best = max(range(len(probs)), key=probs.__getitem__)
+                writer.writerow([sample_id, class_names[best], *(f"{p:.6f}" for p in probs)])

@@ -1,0 +1,7 @@
+"""Data layer: CSV/JSON/image-folder datasets, the DataModules and the embedded demo data."""
+
+from medfusion.data.datamodule import DemoDataModule, MultimodalDataModule, TestSet
+from medfusion.data.dataset import Collate, MultimodalDataset
+from medfusion.data.errors import DataError
+
+__all__ = ["Collate", "DataError", "DemoDataModule", "MultimodalDataModule", "MultimodalDataset", "TestSet"]

@@ -1,0 +1,96 @@
+"""Finding image files for CSV ids under ``image_dir`` and loading them as RGB."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from medfusion.data.errors import DataError, raise_for_rows
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageIndex:
+    """Every image file under ``root`` (recursively), found by relative path with or without
+    extension, or by bare file stem when it is unique (HAM10000 ships ``part_1/`` and ``part_2/``)."""
+
+    def __init__(self, root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise DataError(f"image_dir {self.root} does not exist or is not a directory. Fix: set data.image_dir.")
+        suffixes = {e.lower() for e in extensions}
+        self._by_key: dict[str, Path] = {}
+        stems: dict[str, list[Path]] = {}
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                path = Path(dirpath, name)
+                if path.suffix.lower() not in suffixes:
+                    continue
+                rel = path.relative_to(self.root).as_posix()
+                self._by_key[rel] = path
+                self._by_key.setdefault(rel[: -len(path.suffix)], path)
+                stems.setdefault(path.stem, []).append(path)
+        self._by_stem = {stem: paths[0] for stem, paths in stems.items() if len(paths) == 1}
+
+    def escapes(self, key: str) -> bool:
+        """True when ``key`` points outside the root (``../x``, an absolute path, a symlink out)."""
+        return not (self.root / key).resolve().is_relative_to(self.root)
+
+    def find(self, key: str) -> Path | None:
+        key = key.strip().replace("\\", "/")
+        return self._by_key.get(key) or self._by_stem.get(key)
+
+    def resolve_all(self, keys: Sequence[str], csv_path: str | Path) -> list[Path]:
+        """Paths for every key, or one :class:`DataError` listing every missing or escaping row."""
+        paths: list[Path] = []
+        escaping: list[int] = []
+        missing: list[int] = []
+        for row, key in enumerate(keys):
+            if self.escapes(key):
+                escaping.append(row)
+                continue
+            path = self.find(key)
+            if path is None:
+                missing.append(row)
+            else:
+                paths.append(path)
+        raise_for_rows(
+            "Image paths that escape image_dir",
+            csv_path,
+            escaping,
+            [f"{keys[r]!r} resolves outside {self.root}" for r in escaping],
+            "image ids/paths must be relative to data.image_dir and stay inside it.",
+        )
+        raise_for_rows(
+            "Missing image files",
+            csv_path,
+            missing,
+            [f"no file for {keys[r]!r} under {self.root}" for r in missing],
+            f"check data.image_dir (ids may omit the extension; searched {', '.join(IMAGE_EXTENSIONS)}).",
+        )
+        return paths
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image and convert grayscale, palette, CMYK or RGBA to RGB."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def verify_images(paths: Sequence[Path], csv_path: str | Path) -> None:
+    """Raise one :class:`DataError` naming every file that cannot be decoded."""
+    bad: list[int] = []
+    reasons: list[str] = []
+    for row, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            bad.append(row)
+            reasons.append(f"{path}: {err}")
+    raise_for_rows(
+        "Unreadable image files", csv_path, bad, reasons, "replace or remove these files (or the rows that name them)."
+    )

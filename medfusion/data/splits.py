@@ -1,0 +1,96 @@
+"""Train/val/test assignment: from a split column, or stratified by ratios keeping groups whole."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medfusion.data.errors import DataError, raise_for_rows
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def splits_from_column(values: Sequence[object], csv_path: str | Path) -> list[str]:
+    """Normalise a split column (``train``/``val``/``test`` and common synonyms)."""
+    splits = [SPLIT_ALIASES.get(str(v).strip().lower(), "") for v in values]
+    bad = [r for r, s in enumerate(splits) if not s]
+    raise_for_rows(
+        "Unknown split values",
+        csv_path,
+        bad,
+        [repr(values[r]) for r in bad],
+        f"use one of {sorted(SPLIT_ALIASES)}.",
+    )
+    return splits
+
+
+def check_groups_disjoint(splits: Sequence[str], groups: Sequence[str], csv_path: str | Path) -> None:
+    """Raise when a group (patient, lesion) appears in more than one split: that leaks labels."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for split, group in zip(splits, groups, strict=True):
+        seen[group].add(split)
+    leaking = [r for r, g in enumerate(groups) if len(seen[g]) > 1]
+    raise_for_rows(
+        "Groups split across train/val/test",
+        csv_path,
+        leaking,
+        [f"group {groups[r]!r} is in {sorted(seen[groups[r]])}" for r in leaking],
+        "keep every group (patient/lesion) in one split, or unset data.group_column.",
+    )
+
+
+def stratified_group_split(
+    labels: Sequence[str], groups: Sequence[str], val_ratio: float, test_ratio: float, seed: int
+) -> list[str]:
+    """Assign whole groups to splits, stratified by each group's majority label.
+
+    Within each class the groups are shuffled with ``seed`` and the first ``test_ratio`` of them
+    go to test, the next ``val_ratio`` to val; a class with at least three groups gets one of
+    each wherever its ratio is non-zero, so rare classes are evaluated too.
+    """
+    if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
+        raise ValueError(f"val_ratio + test_ratio must be in [0, 1), got {val_ratio} + {test_ratio}")
+    by_group: dict[str, Counter[str]] = defaultdict(Counter)
+    for label, group in zip(labels, groups, strict=True):
+        by_group[group][label] += 1
+    groups_of_class: dict[str, list[str]] = defaultdict(list)
+    for group in sorted(by_group):
+        majority = min(by_group[group].items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        groups_of_class[majority].append(group)
+    rng = np.random.default_rng(seed)
+    split_of_group: dict[str, str] = {}
+    for label in sorted(groups_of_class):
+        members = groups_of_class[label]
+        order = [members[i] for i in rng.permutation(len(members))]
+        n_test, n_val = (_count(len(order), ratio) for ratio in (test_ratio, val_ratio))
+        for i, group in enumerate(order):
+            split_of_group[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return [split_of_group[g] for g in groups]
+
+
+def _count(n: int, ratio: float) -> int:
+    count = round(n * ratio)
+    return max(count, 1) if ratio > 0 and n >= 3 else count
+
+
+def check_splits_present(splits: Sequence[str], needed: Sequence[str], csv_path: str | Path) -> None:
+    present = set(splits)
+    absent = [s for s in needed if s not in present]
+    if absent:
+        raise DataError(
+            f"{csv_path} gives no rows to the {absent} split(s). Fix: add them to the split column, "
+            "or lower/raise data.val_ratio and data.test_ratio."
+        )

@@ -1,0 +1,143 @@
+"""Reading a samples CSV into validated records: ids, labels, image files, texts, splits, groups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from medfusion.data.errors import DataError, raise_for_rows
+from medfusion.data.images import ImageIndex
+from medfusion.data.texts import collect_texts
+
+
+@dataclass
+class Records:
+    """Validated samples of one CSV, row-aligned. ``labels`` are class names (None where unlabelled)."""
+
+    csv_path: Path
+    ids: list[str]
+    labels: list[str | None]
+    image_paths: list[Path] | None
+    texts: list[str] | None
+    splits: list[str] | None
+    groups: list[str] | None
+
+    def subset(self, rows: Sequence[int]) -> Records:
+        def pick(values: list | None) -> list | None:
+            return None if values is None else [values[r] for r in rows]
+
+        return Records(
+            self.csv_path,
+            pick(self.ids),
+            pick(self.labels),
+            pick(self.image_paths),
+            pick(self.texts),
+            pick(self.splits),
+            pick(self.groups),
+        )
+
+
+def read_csv(csv_path: str | Path, required: Sequence[str], as_text: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV, with a :class:`DataError` for a missing, empty or malformed file or absent columns."""
+    path = Path(csv_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"CSV file {path} does not exist. Fix: set data.csv_path to your samples table.")
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in as_text})
+    except pd.errors.EmptyDataError:
+        raise DataError(f"CSV file {path} is empty. Fix: it needs a header row and one row per sample.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"Malformed CSV {path}: {err}. Fix: check quoting, separators and encoding (UTF-8).") from None
+    absent = [c for c in required if c not in table.columns]
+    if absent:
+        raise DataError(
+            f"{path} has no column(s) {absent}; its columns are {list(table.columns)}. "
+            "Fix: rename them in the CSV or set data.id_column / data.label_column / ... to match."
+        )
+    if table.empty:
+        raise DataError(f"CSV file {path} has a header but no rows.")
+    return table
+
+
+def _column_values(table: pd.DataFrame, column: str, csv_path: Path, what: str) -> list[str]:
+    values = table[column]
+    blank = [r for r, v in enumerate(values) if pd.isna(v) or not str(v).strip()]
+    raise_for_rows(f"Empty {what} values", csv_path, blank, [f"column {column!r}"] * len(blank), f"fill in {column}.")
+    return [str(v).strip() for v in values]
+
+
+def read_records(
+    csv_path: str | Path,
+    *,
+    id_column: str,
+    label_column: str,
+    labels_required: bool = True,
+    image_index: ImageIndex | None,
+    image_column: str | None = None,
+    text_json: dict[str, str] | None = None,
+    json_path: str | Path | None = None,
+    text_column: str | None = None,
+    text_template: str | None = None,
+    split_column: str | None = None,
+    group_column: str | None = None,
+) -> Records:
+    """Read and validate one CSV. ``image_index=None`` skips images; no text source skips texts.
+
+    With ``labels_required=False`` (prediction CSVs) a missing label column gives unlabelled records.
+    """
+    csv_path = Path(csv_path).expanduser()
+    as_text = [c for c in (id_column, label_column, image_column, split_column, group_column) if c]
+    required = [c for c in as_text if c != label_column or labels_required]
+    table = read_csv(csv_path, required, as_text)
+    if label_column not in table.columns:
+        label_column = None
+    ids = _column_values(table, id_column, csv_path, "id")
+    duplicated = table[id_column].duplicated(keep=False)
+    dup_rows = [int(r) for r in duplicated.to_numpy().nonzero()[0]]
+    raise_for_rows(
+        "Duplicated ids", csv_path, dup_rows, [f"id {ids[r]!r}" for r in dup_rows], "give every sample a unique id."
+    )
+    labels = _column_values(table, label_column, csv_path, "label") if label_column else [None] * len(ids)
+    image_paths = None
+    if image_index is not None:
+        keys = _column_values(table, image_column, csv_path, "image path") if image_column else ids
+        image_paths = image_index.resolve_all(keys, csv_path)
+    texts = None
+    if any(s is not None for s in (json_path, text_column, text_template)):
+        texts = collect_texts(
+            ids,
+            table,
+            csv_path,
+            text_json=text_json,
+            json_path=json_path,
+            text_column=text_column,
+            text_template=text_template,
+        )
+    splits = _column_values(table, split_column, csv_path, "split") if split_column else None
+    groups = _column_values(table, group_column, csv_path, "group") if group_column else None
+    return Records(csv_path, ids, labels, image_paths, texts, splits, groups)
+
+
+def infer_class_names(labels: Sequence[str]) -> list[str]:
+    """Sorted unique labels; numerically sorted when every label is an integer ("2" before "10")."""
+    unique = set(labels)
+    if all(label.lstrip("-").isdigit() for label in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def label_indices(records: Records, class_names: Sequence[str]) -> list[int]:
+    """Class index per row; a :class:`DataError` naming every row whose label is not a known class."""
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [r for r, label in enumerate(records.labels) if label not in index]
+    raise_for_rows(
+        "Labels not in the classes",
+        records.csv_path,
+        unknown,
+        [f"label {records.labels[r]!r}" for r in unknown],
+        f"the classes are {list(class_names)}: fix the labels or data.class_names.",
+    )
+    return [index[label] for label in records.labels]  # type: ignore[index]

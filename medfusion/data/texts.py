@@ -1,0 +1,98 @@
+"""Where a sample's text comes from: a JSON ``{id: text}`` file, a CSV column, or a template."""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from medfusion.data.errors import DataError, raise_for_rows
+
+
+def read_text_json(path: str | Path) -> dict[str, str]:
+    """Read ``{id: text}``; a clear :class:`DataError` for non-UTF-8, malformed or wrongly shaped files."""
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"Text file {path} does not exist. Fix: set data.text_json to your {{id: text}} file.") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"Text file {path} is not UTF-8 ({err}). Fix: re-save it as UTF-8.") from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"Malformed JSON in {path} at line {err.lineno}, column {err.colno}: {err.msg}. "
+            "Fix: the file must be one JSON object {id: text}."
+        ) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} holds a JSON {type(data).__name__}, expected an object {{id: text}}.")
+    bad = [k for k, v in data.items() if not isinstance(v, str)]
+    if bad:
+        raise DataError(f"{path}: values must be strings; not so for ids {bad[:10]}. Fix: map each id to its text.")
+    return {str(k): v for k, v in data.items()}
+
+
+def _format_value(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "unknown"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def render_template(template: str, table: pd.DataFrame, csv_path: str | Path) -> list[str]:
+    """Fill ``template`` (``"{age}-year-old {sex}, {localization}"``) per row; missing values read ``unknown``."""
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    absent = [f for f in fields if f not in table.columns]
+    if absent:
+        raise DataError(
+            f"text_template names columns {absent} that {csv_path} does not have "
+            f"(columns: {list(table.columns)}). Fix: use {{column}} names from the CSV."
+        )
+    records = table[fields].to_dict("records")
+    return [template.format(**{k: _format_value(v) for k, v in rec.items()}) for rec in records]
+
+
+def collect_texts(
+    ids: Sequence[str],
+    table: pd.DataFrame,
+    csv_path: str | Path,
+    *,
+    text_json: dict[str, str] | None,
+    json_path: str | Path | None,
+    text_column: str | None,
+    text_template: str | None,
+) -> list[str]:
+    """One non-empty text per row from exactly one configured source, or a :class:`DataError`."""
+    chosen = [s for s in (json_path, text_column, text_template) if s is not None]
+    if len(chosen) != 1:
+        raise DataError(
+            "Text is used but "
+            + ("no text source is set" if not chosen else "several text sources are set")
+            + ". Fix: set exactly one of data.text_json, data.text_column, data.text_template "
+            "(or drop 'text' from data.modalities)."
+        )
+    if text_json is not None:
+        missing = [r for r, i in enumerate(ids) if i not in text_json]
+        raise_for_rows(
+            f"Ids with no text in {json_path}",
+            csv_path,
+            missing,
+            [f"id {ids[r]!r}" for r in missing],
+            f"add these ids to {json_path}.",
+        )
+        texts = [text_json[i] for i in ids]
+    elif text_column is not None:
+        if text_column not in table.columns:
+            raise DataError(f"{csv_path} has no text column {text_column!r} (columns: {list(table.columns)}).")
+        texts = ["" if pd.isna(v) else str(v) for v in table[text_column]]
+    else:
+        texts = render_template(text_template, table, csv_path)  # type: ignore[arg-type]
+    empty = [r for r, t in enumerate(texts) if not t.strip()]
+    raise_for_rows(
+        "Empty texts", csv_path, empty, [f"id {ids[r]!r}" for r in empty], "give every sample a non-empty text."
+    )
+    return texts

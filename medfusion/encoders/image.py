@@ -1,0 +1,77 @@
+"""Image encoder over any timm backbone, returning :class:`Encoded`."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from medfusion.encoders.encoded import Encoded
+
+
+class ImageEncoder(nn.Module):
+    """A timm backbone without its classifier.
+
+    Args:
+        model_name: any ``timm.list_models()`` name (``resnet18``, ``vit_small_patch16_224``,
+            ``convnext_tiny``, ``test_resnet`` ...).
+        pretrained: load timm's pretrained weights (hub download or cache). The weights are
+            loaded by :meth:`load_pretrained`, which the LightningModule calls when a fit
+            starts, so building the model (e.g. from a checkpoint) never downloads.
+        checkpoint_path: a local weights file to load instead of the hub's.
+        num_levels: how many of the deepest stages :attr:`Encoded.levels` holds
+            (3 for ResNet gives layer2/3/4).
+        drop_path_rate: stochastic depth, passed to timm.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        num_levels: int = 3,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.checkpoint_path = checkpoint_path
+        channels = [info["num_chs"] for info in self.model.feature_info]
+        if not 1 <= num_levels <= len(channels):
+            raise ValueError(f"num_levels must be in [1, {len(channels)}] for {model_name}, got {num_levels}")
+        self.num_levels = num_levels
+        self.out_dim: int = self.model.num_features
+        self.level_dims: list[int] = channels[-num_levels:]
+        self.token_dim: int = channels[-1]
+        self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
+
+    @property
+    def wants_pretrained(self) -> bool:
+        return self.pretrained or self.checkpoint_path is not None
+
+    def load_pretrained(self) -> None:
+        """Load the pretrained weights the user named (hub or ``checkpoint_path``)."""
+        if not self.wants_pretrained:
+            return
+        overlay = {"file": self.checkpoint_path} if self.checkpoint_path else None
+        source = timm.create_model(self.model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+        self.model.load_state_dict(source.state_dict())
+
+    def forward(self, image: torch.Tensor, *, tokens: bool = False, levels: bool = False) -> Encoded:
+        """Encode ``image`` [B, 3, H, W]; ``tokens``/``levels`` ask for the extra outputs."""
+        if levels:
+            features, stages = self.model.forward_intermediates(image, indices=self.num_levels)
+            level_vectors = [stage.mean(dim=(2, 3)) for stage in stages]  # NCHW for CNNs and ViTs alike
+        else:
+            features, level_vectors = self.model.forward_features(image), None
+        out = Encoded(pooled=self.model.forward_head(features, pre_logits=True), levels=level_vectors)
+        if tokens:
+            if features.ndim == 4:  # CNN map [B, C, H, W] -> patches [B, HW, C]
+                patch_tokens = features.flatten(2).transpose(1, 2)
+            else:  # ViT [B, prefix + N, D]: keep the patches
+                patch_tokens = features[:, self.num_prefix_tokens :]
+            out.tokens = patch_tokens
+            out.mask = torch.ones(patch_tokens.shape[:2], dtype=torch.bool, device=patch_tokens.device)
+        return out

@@ -1,0 +1,194 @@
+"""The LightningModule base shared by image-only, text-only and image+text classifiers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from medfusion.heads import Head, MLPHead
+from medfusion.losses import CrossEntropyLoss
+from medfusion.metrics import classification_metrics
+
+HeadFactory = Callable[[int, int], Head]
+LossFactory = Callable[[Sequence[int] | None], nn.Module]
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ClassifierModule(L.LightningModule):
+    """Steps, loss, metrics and optimizer shared by every medfusion classifier.
+
+    Subclasses build their encoders, call :meth:`_build_head` with the feature size, and
+    implement :meth:`embed` (batch -> ``[B, D]`` features) and :meth:`encoders`.
+
+    Args:
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        class_names: class names in label order (linked; stored in checkpoints).
+        class_counts: training samples per class (linked; used by class-aware losses).
+        head: the classification head, called as ``head(in_dim, num_classes)``.
+        loss: the training loss, called as ``loss(class_counts)``.
+        lr: learning rate of everything but the encoders.
+        encoder_lr: learning rate of the encoders (lower it for pretrained ones); default ``lr``.
+        weight_decay: AdamW weight decay (not applied to biases and norm weights).
+        scheduler: ``"cosine"`` (per-step linear warm-up then cosine decay) or ``"constant"``.
+        warmup_ratio: fraction of the training steps used for warm-up.
+        freeze_encoders: keep encoder weights fixed (and their norm layers in eval mode).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        class_counts: list[int] | None = None,
+        head: HeadFactory = MLPHead,
+        loss: LossFactory = CrossEntropyLoss,
+        lr: float = 1e-3,
+        encoder_lr: float | None = None,
+        weight_decay: float = 0.01,
+        scheduler: Literal["cosine", "constant"] = "cosine",
+        warmup_ratio: float = 0.05,
+        freeze_encoders: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self._head_factory = head
+        self.criterion = loss(class_counts)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = nn.ModuleList()
+        self.test_prefixes: list[str] = []
+        self._pretrained_loaded = False
+
+    # ----------------------------------------------------------------------------- model
+    def encoders(self) -> list[nn.Module]:
+        """The encoder modules (for their learning rate, freezing and pretrained weights)."""
+        raise NotImplementedError
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Features ``[B, D]`` of a batch, before the head."""
+        raise NotImplementedError
+
+    def _build_head(self, in_dim: int) -> None:
+        self.head = self._head_factory(in_dim, self.num_classes)
+        if self.hparams.freeze_encoders:
+            for encoder in self.encoders():
+                encoder.requires_grad_(False)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of a batch dict."""
+        return self.head(self.embed(batch))
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        super().train(mode)
+        if self.hparams.freeze_encoders:
+            for encoder in self.encoders():
+                encoder.eval()
+        return self
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        """Auxiliary losses of the last forward from every sub-module that has them (fusion, head)."""
+        losses: dict[str, torch.Tensor] = {}
+        for module in self.children():
+            if module is not self and hasattr(module, "extra_losses"):
+                losses.update(module.extra_losses())
+        return losses
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def setup(self, stage: str) -> None:
+        # Pretrained weights load when a fit starts, never when a model is rebuilt from a checkpoint.
+        if stage == "fit" and not self._pretrained_loaded:
+            for encoder in self.encoders():
+                encoder.load_pretrained()
+            self._pretrained_loaded = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pretrained_loaded = True
+
+    def on_test_start(self) -> None:
+        names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
+        loaders = self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, Sequence) else 1
+        names = names if len(names) == count else ["test", *(f"{i}" for i in range(1, count))]
+        self.test_prefixes = ["test/" if n == "test" else f"test_{n}/" for n in names]
+        self.test_metrics = nn.ModuleList(
+            [classification_metrics(self.num_classes, p) for p in self.test_prefixes]
+        ).to(self.device)
+
+    # ----------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits, batch["label"])
+        size = len(batch["label"])
+        for name, value in self.extra_losses().items():
+            self.log(f"train/{name}", value, batch_size=size)
+            loss = loss + value
+        self.train_acc(logits, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch)
+        loss = self.criterion(logits, batch["label"])
+        self.val_metrics.update(logits, batch["label"])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["label"]))
+        self.log_dict(self.val_metrics, batch_size=len(batch["label"]))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch)
+        metrics = self.test_metrics[dataloader_idx]
+        metrics.update(logits, batch["label"])
+        prefix = self.test_prefixes[dataloader_idx]
+        loss = self.criterion(logits, batch["label"])
+        size = len(batch["label"])
+        self.log(f"{prefix}loss", loss, sync_dist=True, batch_size=size, add_dataloader_idx=False)
+        self.log_dict(metrics, batch_size=size, add_dataloader_idx=False)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return {"id": batch["id"], "probs": self(batch).float().softmax(dim=-1)}
+
+    # ----------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        encoder_params = {id(p) for encoder in self.encoders() for p in encoder.parameters()}
+        groups = []
+        for in_encoder, lr in ((True, hp.encoder_lr or hp.lr), (False, hp.lr)):
+            params = [p for p in self.parameters() if p.requires_grad and (id(p) in encoder_params) == in_encoder]
+            decay = [p for p in params if p.ndim > 1]
+            no_decay = [p for p in params if p.ndim <= 1]
+            groups += [
+                {"params": decay, "lr": lr, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+            ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        if hp.scheduler == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        factor = partial(warmup_cosine, warmup=max(1, int(hp.warmup_ratio * total)), total=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def require(batch: dict[str, Any], key: str, model: str) -> Any:
+    """``batch[key]`` or a clear error saying which datamodule setting provides it."""
+    if key not in batch:
+        modality = "image" if key == "image" else "text"
+        raise KeyError(f"{model} needs batch[{key!r}]: add {modality!r} to data.modalities")
+    return batch[key]
