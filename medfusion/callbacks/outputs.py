@@ -15,25 +15,34 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's own versioned directory (the logger's), or ``default_root_dir`` without a logger."""
+    """The run's own versioned directory (the logger's), or ``default_root_dir`` without a logger.
+
+    ``trainer.log_dir`` broadcasts from rank zero: call this on every rank, never on one only.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class MetricsJSON(Callback):
-    """Write the final test metrics (every ``test*/`` key) to ``<run dir>/metrics.json`` on rank zero."""
+    """Write final metrics to ``<run dir>/metrics.json`` on rank zero: every ``test*/`` key after
+    ``test``, every ``val/`` key after a ``validate`` run."""
 
     def __init__(self, filename: str = "metrics.json") -> None:
         self.filename = filename
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _write(self, trainer: L.Trainer, prefix: str) -> None:
+        path = run_dir(trainer) / self.filename
         if not trainer.is_global_zero:
             return
-        metrics = {
-            k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test") and "/" in k
-        }
-        path = run_dir(trainer) / self.filename
+        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(prefix)}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({k: (None if math.isnan(v) else v) for k, v in metrics.items()}, indent=2) + "\n")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "test")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, "val/")
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -59,6 +68,7 @@ class PredictionWriter(BasePredictionWriter):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, local)
+        path = Path(self.output_path) if self.output_path else run_dir(trainer) / "predictions.csv"
         if not trainer.is_global_zero:
             return
         class_names = list(getattr(pl_module, "class_names", []))
@@ -66,7 +76,6 @@ class PredictionWriter(BasePredictionWriter):
         for part in gathered:
             for sample_id, probs in part:
                 rows.setdefault(sample_id, probs)
-        path = Path(self.output_path) if self.output_path else run_dir(trainer) / "predictions.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             writer = csv.writer(f)

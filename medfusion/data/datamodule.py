@@ -127,11 +127,15 @@ class MultimodalDataModule(L.LightningDataModule):
         self.uses_image = "image" in self.modalities
         self.uses_text = "text" in self.modalities
 
-        records = self._table = self._read(csv_path, image_dir, text_json, split_column=split_column)
+        records = self._table = self._read(
+            csv_path, image_dir, text_json, split_column=split_column, group_column=group_column
+        )
         self.class_names: list[str] = list(class_names) if class_names else infer_class_names(records.labels)
         labels = label_indices(records, self.class_names)
         splits = self._assign_splits(records)
-        self._records = {s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in ("train", "val", "test")}
+        self._records = {
+            s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in ("train", "val", "test")
+        }
         self._labels = {s: [labels[r] for r, x in enumerate(splits) if x == s] for s in ("train", "val", "test")}
 
         counts = Counter(self._labels["train"])
@@ -172,7 +176,9 @@ class MultimodalDataModule(L.LightningDataModule):
         text_json: str | None,
         labels_required: bool = True,
         split_column: str | None = None,
+        group_column: str | None = None,
     ) -> Records:
+        """One CSV; splits and groups only matter for the main one, so test/predict CSVs need neither column."""
         texts_from_json = read_text_json(text_json) if self.uses_text and text_json else None
         return read_records(
             csv_path,
@@ -186,7 +192,7 @@ class MultimodalDataModule(L.LightningDataModule):
             text_column=self.text_column if self.uses_text else None,
             text_template=self.text_template if self.uses_text else None,
             split_column=split_column,
-            group_column=self.group_column,
+            group_column=group_column,
         )
 
     def _assign_splits(self, records: Records) -> list[str]:
@@ -203,6 +209,8 @@ class MultimodalDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------- datasets
     def _tokenize(self, texts: Sequence[str], source: str) -> list[list[int]]:
+        if not texts:  # an empty split (no test rows in the split column, val_ratio=0): the tokenizer fails on []
+            return []
         ids = self.tokenizer(list(texts))["input_ids"]
         limit = self.max_length
         truncated = sum(len(x) > limit for x in ids)
@@ -297,9 +305,7 @@ class DemoDataModule(MultimodalDataModule):
     ) -> None:
         name = f"n{num_samples}_s{demo_image_size}_seed{demo_seed}" + ("_longtail" if long_tail else "")
         out = Path(root) if root else default_cache_dir() / name
-        ensure_demo_data(
-            out, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed, long_tail=long_tail
-        )
+        ensure_demo_data(out, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed, long_tail=long_tail)
         super().__init__(
             csv_path=str(out / "metadata.csv"),
             image_dir=str(out / "images"),

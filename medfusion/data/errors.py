@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,12 +16,35 @@ def csv_line(row_index: int) -> int:
     return row_index + 2
 
 
+def _row_start_lines(file: str | Path) -> list[int] | None:
+    """The line on which each data row of a CSV starts, skipping blank lines as pandas does.
+
+    Data row ``r`` is on line ``r + 2`` only when no blank line or quoted multi-line field
+    (a report) comes before it; None when the file cannot be scanned.
+    """
+    try:
+        with open(file, newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = csv.reader(f)
+            starts: list[int] = []
+            end = 0
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if row and (len(row) > 1 or row[0].strip()):
+                    starts.append(start)
+    except (OSError, csv.Error):
+        return None
+    return starts[1:]  # the first non-blank record is the header
+
+
 def raise_for_rows(
     problem: str, file: str | Path, rows: Sequence[int], details: Sequence[str], fix: str, limit: int = 10
 ) -> None:
     """Raise a :class:`DataError` listing up to ``limit`` offending rows of ``file`` (0-based data rows)."""
     if not rows:
         return
-    lines = [f"  line {csv_line(r)}: {d}" for r, d in zip(rows[:limit], details[:limit], strict=True)]
+    starts = _row_start_lines(file)
+    if starts is None or max(rows) >= len(starts):
+        starts = [csv_line(r) for r in range(max(rows) + 1)]
+    lines = [f"  line {starts[r]}: {d}" for r, d in zip(rows[:limit], details[:limit], strict=True)]
     more = f"\n  ... and {len(rows) - limit} more" if len(rows) > limit else ""
     raise DataError(f"{problem} in {file} ({len(rows)} row(s)):\n" + "\n".join(lines) + more + f"\nFix: {fix}")

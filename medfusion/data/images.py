@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 class ImageIndex:
     """Every image file under ``root`` (recursively), found by relative path with or without
-    extension, or by bare file stem when it is unique (HAM10000 ships ``part_1/`` and ``part_2/``)."""
+    extension, or by bare file name or stem when it is unique (HAM10000 ships ``part_1/`` and ``part_2/``).
+    An absolute path is accepted when it lies inside ``root``."""
 
     def __init__(self, root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -24,6 +26,7 @@ class ImageIndex:
         suffixes = {e.lower() for e in extensions}
         self._by_key: dict[str, Path] = {}
         stems: dict[str, list[Path]] = {}
+        names: dict[str, list[Path]] = {}
         for dirpath, _, filenames in os.walk(self.root):
             for name in filenames:
                 path = Path(dirpath, name)
@@ -33,7 +36,9 @@ class ImageIndex:
                 self._by_key[rel] = path
                 self._by_key.setdefault(rel[: -len(path.suffix)], path)
                 stems.setdefault(path.stem, []).append(path)
+                names.setdefault(name, []).append(path)
         self._by_stem = {stem: paths[0] for stem, paths in stems.items() if len(paths) == 1}
+        self._by_name = {name: paths[0] for name, paths in names.items() if len(paths) == 1}
 
     def escapes(self, key: str) -> bool:
         """True when ``key`` points outside the root (``../x``, an absolute path, a symlink out)."""
@@ -41,7 +46,13 @@ class ImageIndex:
 
     def find(self, key: str) -> Path | None:
         key = key.strip().replace("\\", "/")
-        return self._by_key.get(key) or self._by_stem.get(key)
+        if os.path.isabs(key):
+            try:
+                key = Path(key).resolve().relative_to(self.root).as_posix()
+            except ValueError:
+                return None
+        key = posixpath.normpath(key)  # "./a.png", "sub/../a.png"
+        return self._by_key.get(key) or self._by_stem.get(key) or self._by_name.get(key)
 
     def resolve_all(self, keys: Sequence[str], csv_path: str | Path) -> list[Path]:
         """Paths for every key, or one :class:`DataError` listing every missing or escaping row."""
@@ -80,6 +91,13 @@ def load_rgb(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def _ends_with_jpeg_eoi(path: Path) -> bool:
+    """Whether a JPEG ends with its end-of-image marker: a cheap check for truncated files."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 64))
+        return f.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
 def verify_images(paths: Sequence[Path], csv_path: str | Path) -> None:
     """Raise one :class:`DataError` naming every file that cannot be decoded."""
     bad: list[int] = []
@@ -87,8 +105,12 @@ def verify_images(paths: Sequence[Path], csv_path: str | Path) -> None:
     for row, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                image.verify()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+                kind = image.format
+                image.verify()  # structure and checksums: all of a PNG, but only the header of a JPEG
+            if kind == "JPEG" and not _ends_with_jpeg_eoi(path):
+                with Image.open(path) as image:
+                    image.load()  # truncated (fails here, not mid-epoch) or just trailing bytes (fine)?
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as err:
             bad.append(row)
             reasons.append(f"{path}: {err}")
     raise_for_rows(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +48,24 @@ def read_csv(csv_path: str | Path, required: Sequence[str], as_text: Sequence[st
     path = Path(csv_path).expanduser()
     if not path.is_file():
         raise DataError(f"CSV file {path} does not exist. Fix: set data.csv_path to your samples table.")
+    fix = "Fix: check quoting, separators and encoding (UTF-8)."
     try:
-        table = pd.read_csv(path, dtype={c: str for c in as_text})
+        with warnings.catch_warnings():
+            # Rows with more fields than the header: by default pandas silently takes the first column
+            # as the index and shifts every other one; with index_col=False it drops the extra fields
+            # with a ParserWarning, which we make an error.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, dtype={c: str for c in as_text}, index_col=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"CSV file {path} is empty. Fix: it needs a header row and one row per sample.") from None
+    except pd.errors.ParserWarning:
+        line = _first_overlong_line(path)
+        where = f"line {line} has" if line else "some rows have"
+        raise DataError(f"Malformed CSV {path}: {where} more fields than the header (line 1). {fix}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"Malformed CSV {path}: {err}. Fix: check quoting, separators and encoding (UTF-8).") from None
+        # pandas counts "rows" from 0 (header = row 0); report 1-based lines like every other message.
+        message = re.sub(r"starting at row (\d+)", lambda m: f"starting on line {int(m[1]) + 1}", str(err).strip())
+        raise DataError(f"Malformed CSV {path}: {message}. {fix}") from None
     absent = [c for c in required if c not in table.columns]
     if absent:
         raise DataError(
@@ -58,8 +73,19 @@ def read_csv(csv_path: str | Path, required: Sequence[str], as_text: Sequence[st
             "Fix: rename them in the CSV or set data.id_column / data.label_column / ... to match."
         )
     if table.empty:
-        raise DataError(f"CSV file {path} has a header but no rows.")
+        raise DataError(f"CSV file {path} has a header but no rows. Fix: add one row per sample.")
     return table
+
+
+def _first_overlong_line(path: Path) -> int | None:
+    """The first line with non-empty fields beyond the header's (for the error message)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        width = len(next(reader, []))
+        for row in reader:
+            if any(field.strip() for field in row[width:]):
+                return reader.line_num
+    return None
 
 
 def _column_values(table: pd.DataFrame, column: str, csv_path: Path, what: str) -> list[str]:
@@ -95,7 +121,7 @@ def read_records(
     if label_column not in table.columns:
         label_column = None
     ids = _column_values(table, id_column, csv_path, "id")
-    duplicated = table[id_column].duplicated(keep=False)
+    duplicated = pd.Series(ids).duplicated(keep=False)  # after stripping: " a" and "a" are the same id
     dup_rows = [int(r) for r in duplicated.to_numpy().nonzero()[0]]
     raise_for_rows(
         "Duplicated ids", csv_path, dup_rows, [f"id {ids[r]!r}" for r in dup_rows], "give every sample a unique id."
@@ -125,7 +151,7 @@ def infer_class_names(labels: Sequence[str]) -> list[str]:
     """Sorted unique labels; numerically sorted when every label is an integer ("2" before "10")."""
     unique = set(labels)
     if all(label.lstrip("-").isdigit() for label in unique):
-        return sorted(unique, key=int)
+        return sorted(unique, key=lambda label: (int(label), label))  # "02" and "2": a fixed order
     return sorted(unique)
 
 
@@ -137,7 +163,7 @@ def label_indices(records: Records, class_names: Sequence[str]) -> list[int]:
         "Labels not in the classes",
         records.csv_path,
         unknown,
-        [f"label {records.labels[r]!r}" for r in unknown],
+        [f"id {records.ids[r]!r}: label {records.labels[r]!r}" for r in unknown],
         f"the classes are {list(class_names)}: fix the labels or data.class_names.",
     )
     return [index[label] for label in records.labels]  # type: ignore[index]

@@ -17,9 +17,11 @@ def read_text_json(path: str | Path) -> dict[str, str]:
     """Read ``{id: text}``; a clear :class:`DataError` for non-UTF-8, malformed or wrongly shaped files."""
     path = Path(path).expanduser()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: accept a byte-order mark
     except FileNotFoundError:
-        raise DataError(f"Text file {path} does not exist. Fix: set data.text_json to your {{id: text}} file.") from None
+        raise DataError(
+            f"Text file {path} does not exist. Fix: set data.text_json to your {{id: text}} file."
+        ) from None
     except UnicodeDecodeError as err:
         raise DataError(f"Text file {path} is not UTF-8 ({err}). Fix: re-save it as UTF-8.") from None
     except json.JSONDecodeError as err:
@@ -28,7 +30,10 @@ def read_text_json(path: str | Path) -> dict[str, str]:
             "Fix: the file must be one JSON object {id: text}."
         ) from None
     if not isinstance(data, dict):
-        raise DataError(f"{path} holds a JSON {type(data).__name__}, expected an object {{id: text}}.")
+        raise DataError(
+            f"{path} holds a JSON {type(data).__name__}, expected an object {{id: text}}. "
+            'Fix: write it as {"<id>": "<text>", ...}.'
+        )
     bad = [k for k, v in data.items() if not isinstance(v, str)]
     if bad:
         raise DataError(f"{path}: values must be strings; not so for ids {bad[:10]}. Fix: map each id to its text.")
@@ -87,7 +92,10 @@ def collect_texts(
         texts = [text_json[i] for i in ids]
     elif text_column is not None:
         if text_column not in table.columns:
-            raise DataError(f"{csv_path} has no text column {text_column!r} (columns: {list(table.columns)}).")
+            raise DataError(
+                f"{csv_path} has no text column {text_column!r} (columns: {list(table.columns)}). "
+                "Fix: set data.text_column to one of them."
+            )
         texts = ["" if pd.isna(v) else str(v) for v in table[text_column]]
     else:
         texts = render_template(text_template, table, csv_path)  # type: ignore[arg-type]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Tokenizing in the main process and then forking DataLoader workers is safe for our use;
@@ -17,18 +18,32 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(texts: Sequence[str], vocab_size: int = 2000, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a BERT-style (lower-cased, WordPiece) tokenizer on ``texts``; runs offline in about a second."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """A BERT-style (lower-cased) WordPiece tokenizer whose vocabulary comes from ``texts``.
+
+    The vocabulary is every character (alone and as a ``##`` continuation) plus the most frequent
+    words seen at least ``min_frequency`` times, ordered by count then alphabetically, so the same
+    texts always give the same ids: the ``tokenizers`` WordPiece trainer breaks ties in hash-map
+    order and gives a different vocabulary in every process, which would make runs irreproducible
+    and checkpoints unusable with a retrained tokenizer. Unseen words split into known pieces.
+    """
+    tokenizer = Tokenizer(models.WordPiece(vocab={"[UNK]": 0}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+    words = Counter(
+        word
+        for text in texts
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    chars = sorted({c for word in words for c in word})
+    pieces = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    if len(pieces) > vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} is below the {len(pieces)} characters and special tokens")
+    frequent = sorted((w for w, n in words.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-words[w], w))
+    vocab = {token: i for i, token in enumerate([*pieces, *frequent[: vocab_size - len(pieces)]])}
+    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]")
+    tokenizer.decoder = decoders.WordPiece()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

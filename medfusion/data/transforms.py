@@ -11,9 +11,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def eval_transform(
-    size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> v2.Compose:
+def eval_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """Resize the short side, centre-crop to ``size``, scale to [0, 1] and normalise."""
     return v2.Compose(
         [
@@ -29,7 +27,7 @@ def eval_transform(
 def train_transform(
     size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> v2.Compose:
-    """Random resized crop, flips in both axes (lesions and slides have no canonical orientation), light colour jitter."""
+    """Random resized crop, flips in both axes (lesions have no canonical orientation), light colour jitter."""
     return v2.Compose(
         [
             v2.ToImage(),

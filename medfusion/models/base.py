@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from medfusion.heads import Head, MLPHead
@@ -72,7 +73,10 @@ class ClassifierModule(L.LightningModule):
         self.criterion = loss(class_counts)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = classification_metrics(num_classes, "val/")
+        # Sample-weighted means gathered across ranks (sync_dist would average per-rank means).
+        self.val_loss = MeanMetric()
         self.test_metrics = nn.ModuleList()
+        self.test_losses = nn.ModuleList()
         self.test_prefixes: list[str] = []
         self._pretrained_loaded = False
 
@@ -127,9 +131,10 @@ class ClassifierModule(L.LightningModule):
         count = len(loaders) if isinstance(loaders, Sequence) else 1
         names = names if len(names) == count else ["test", *(f"{i}" for i in range(1, count))]
         self.test_prefixes = ["test/" if n == "test" else f"test_{n}/" for n in names]
-        self.test_metrics = nn.ModuleList(
-            [classification_metrics(self.num_classes, p) for p in self.test_prefixes]
-        ).to(self.device)
+        self.test_metrics = nn.ModuleList([classification_metrics(self.num_classes, p) for p in self.test_prefixes]).to(
+            self.device
+        )
+        self.test_losses = nn.ModuleList([MeanMetric() for _ in self.test_prefixes]).to(self.device)
 
     # ----------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -146,19 +151,20 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch)
-        loss = self.criterion(logits, batch["label"])
+        size = len(batch["label"])
+        self.val_loss.update(self.criterion(logits, batch["label"]), weight=size)
         self.val_metrics.update(logits, batch["label"])
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["label"]))
-        self.log_dict(self.val_metrics, batch_size=len(batch["label"]))
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=size)
+        self.log_dict(self.val_metrics, batch_size=size)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         logits = self(batch)
-        metrics = self.test_metrics[dataloader_idx]
-        metrics.update(logits, batch["label"])
-        prefix = self.test_prefixes[dataloader_idx]
-        loss = self.criterion(logits, batch["label"])
         size = len(batch["label"])
-        self.log(f"{prefix}loss", loss, sync_dist=True, batch_size=size, add_dataloader_idx=False)
+        metrics, loss = self.test_metrics[dataloader_idx], self.test_losses[dataloader_idx]
+        metrics.update(logits, batch["label"])
+        loss.update(self.criterion(logits, batch["label"]), weight=size)
+        prefix = self.test_prefixes[dataloader_idx]
+        self.log(f"{prefix}loss", loss, batch_size=size, add_dataloader_idx=False)
         self.log_dict(metrics, batch_size=size, add_dataloader_idx=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

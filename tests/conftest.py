@@ -1,0 +1,66 @@
+"""Shared fixtures: the real HAM10000 metadata, and a subset of it laid out with tiny generated images."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+# The reference data lives next to the repository (../shared/data), never inside it.
+HAM_METADATA = Path(__file__).parents[2] / "shared" / "data" / "HAM10000_metadata.csv"
+
+
+@dataclass
+class HamLayout:
+    """A HAM10000-shaped dataset: real metadata rows, 8x8 JPEG placeholders split like the release."""
+
+    csv_path: Path  # the chosen rows of the real CSV, byte for byte, under the real header
+    image_dir: Path  # part_1/ and part_2/, one <image_id>.jpg per row
+    table: pd.DataFrame  # those rows (ids, dx, lesion_id as strings; age float with NaN)
+
+
+@pytest.fixture(scope="session")
+def ham_metadata_csv() -> Path:
+    """The real HAM10000 metadata CSV (10,015 rows); the test is skipped when it is absent."""
+    if not HAM_METADATA.is_file():
+        pytest.skip(f"HAM10000 metadata not found at {HAM_METADATA} (expected in ../shared/data next to the repo)")
+    return HAM_METADATA
+
+
+@pytest.fixture(scope="session")
+def ham_layout(ham_metadata_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> HamLayout:
+    """All images of ~300 lesions: the first 40 lesions of each dx (by id) plus lesions with a missing
+    age and/or an ``unknown`` sex; images go to ``part_1/`` (ISIC_0024306-ISIC_0029305) or ``part_2/`` as HAM ships."""
+    full = pd.read_csv(ham_metadata_csv, dtype={"lesion_id": str, "image_id": str, "dx": str})
+    lesions: set[str] = set()
+    for _, rows in full.groupby("dx"):
+        lesions.update(sorted(rows["lesion_id"].unique())[:40])
+    no_age, unknown_sex = full["age"].isna(), full["sex"] == "unknown"
+    for rows in (no_age & ~unknown_sex, ~no_age & unknown_sex, no_age & unknown_sex):
+        lesions.update(sorted(full.loc[rows, "lesion_id"].unique())[:4])
+
+    root = tmp_path_factory.mktemp("ham10000")
+    image_dir = root / "images"
+    for part in ("part_1", "part_2"):
+        (image_dir / part).mkdir(parents=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (180, 120, 90)).save(buffer, "JPEG")
+    jpeg = buffer.getvalue()
+
+    lines = ham_metadata_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [lines[0]]
+    for line in lines[1:]:
+        lesion_id, image_id = next(csv.reader([line]))[:2]
+        if lesion_id in lesions:
+            kept.append(line)
+            part = "part_1" if int(image_id.removeprefix("ISIC_")) <= 29305 else "part_2"
+            (image_dir / part / f"{image_id}.jpg").write_bytes(jpeg)
+    csv_path = root / "HAM10000_metadata.csv"
+    csv_path.write_text("".join(kept), encoding="utf-8")
+    table = pd.read_csv(csv_path, dtype={"lesion_id": str, "image_id": str, "dx": str})
+    return HamLayout(csv_path=csv_path, image_dir=image_dir, table=table)
