@@ -9,11 +9,12 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from transformers import BertConfig
 
 import medfusion.models
 from medfusion.data import Collate
 from medfusion.encoders import ImageEncoder, TextEncoder
-from medfusion.fusion import ConcatFusion, GatedFusion
+from medfusion.fusion import FUSIONS, ConcatFusion, GatedFusion
 from medfusion.models import ImageClassifier, MultimodalClassifier, TextClassifier
 from medfusion.models.multimodal import fusion_class
 
@@ -84,6 +85,35 @@ def test_multimodal_classifier_learns_a_task_that_needs_both() -> None:
     # each modality alone can reach 50% at most; the label is the pair of bits
     accuracy = fit_and_score(model, toy_samples(), lambda image_bit, text_bit: 2 * image_bit + text_bit, epochs=8)
     assert accuracy > 0.9
+
+
+@pytest.fixture(scope="module")
+def small_bert(tmp_path_factory) -> str:
+    """A 3-layer, 32-wide BERT config folder: the "local path" route, and fast enough for 9 fits."""
+    path = tmp_path_factory.mktemp("small_bert")
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    )
+    config.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_every_fusion_learns_inside_the_multimodal_classifier(name: str, small_bert: str) -> None:
+    """Each registered fusion, fed by real encoders (pooled, tokens or levels), learns a label
+    that needs both modalities; each modality alone leaves two classes indistinguishable."""
+    model = MultimodalClassifier(
+        num_classes=4,
+        image_encoder=SMALL_IMAGE,
+        text_encoder=partial(TextEncoder, small_bert, pooling="mean"),
+        fusion=FUSIONS.get(name),
+        fusion_dim=64,
+        vocab_size=VOCAB,
+        lr=1e-3,
+        scheduler="constant",
+    )
+    accuracy = fit_and_score(model, toy_samples(64), lambda image_bit, text_bit: 2 * image_bit + text_bit, epochs=20)
+    assert accuracy > 0.9, f"{name}: {accuracy:.2f}"
 
 
 def _multimodal(**kwargs) -> MultimodalClassifier:
