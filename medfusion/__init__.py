@@ -1,3 +1,41 @@
-"""medfusion: multimodal (image + text) medical classification with PyTorch Lightning."""
+"""medfusion: multimodal (image + text) medical classification with PyTorch Lightning.
+
+The public API is re-exported here and imported on first use, so that
+``from medfusion.fusion import GatedFusion`` does not pay for Lightning's import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "MultimodalDataModule": "medfusion.data",
+    "DemoDataModule": "medfusion.data",
+    "TestSet": "medfusion.data",
+    "DataError": "medfusion.data",
+    "ImageEncoder": "medfusion.encoders",
+    "TextEncoder": "medfusion.encoders",
+    "Encoded": "medfusion.encoders",
+    "Fusion": "medfusion.fusion",
+    "build_fusion": "medfusion.fusion",
+    "Head": "medfusion.heads",
+    "build_head": "medfusion.heads",
+    "ImageClassifier": "medfusion.models",
+    "TextClassifier": "medfusion.models",
+    "MultimodalClassifier": "medfusion.models",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'medfusion' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -25,3 +25,12 @@ def test_named_config_files_exist() -> None:
     assert named, "the README names no config"
     missing = sorted(p for p in named if not (README.parent / p).is_file())
     assert not missing
+
+
+def test_top_level_api_resolves() -> None:
+    import medfusion
+
+    for name in medfusion.__all__:
+        assert getattr(medfusion, name) is not None
+    with pytest.raises(AttributeError):
+        _ = medfusion.not_a_thing
