@@ -77,6 +77,30 @@ def test_test_and_predict_from_a_checkpoint(fitted) -> None:
         assert row["prediction"] == class_names[probs.index(max(probs))]
 
 
+def test_external_test_set_gets_its_own_metrics(fitted) -> None:
+    root, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    metadata = (root / "data" / "metadata.csv").read_text().splitlines()
+    external = root / "site_b.csv"
+    external.write_text("\n".join(metadata[:41]) + "\n")  # header + 40 rows, as another centre's CSV
+    out = root / "external_runs"
+    main(
+        [
+            "test",
+            *args,
+            f"--ckpt_path={best}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            f'--data.test_sets={{"site_b": {{"csv_path": "{external}"}}}}',
+        ]
+    )
+    metrics = read_metrics(out / "demo" / "version_0")
+    internal = {k: v for k, v in metrics.items() if k.startswith("test/")}
+    assert internal == pytest.approx(read_metrics(run))  # the internal test split is unaffected
+    site_b = {k.removeprefix("test_site_b/"): v for k, v in metrics.items() if k.startswith("test_site_b/")}
+    assert set(site_b) == {k.removeprefix("test/") for k in internal}
+    assert not any("dataloader_idx" in k for k in metrics)
+
+
 def run_cli(args: list[str], cwd: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
