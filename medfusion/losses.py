@@ -1,7 +1,8 @@
 """Classification losses and auxiliary objectives.
 
 Every classification loss is an ``nn.Module`` called as ``loss(logits [B, C], target long [B]) -> scalar``
-and takes ``class_counts`` (training-set count per class) as its *first* parameter, so a model can build
+(``reduction="none"`` gives per-sample terms [B] whose mean is that scalar, for per-sample weighting) and
+takes ``class_counts`` (training-set count per class) as its *first* parameter, so a model can build
 any configured loss as ``loss_cls(class_counts=counts)``; losses that do not need counts ignore them.
 First, because jsonargparse treats the first parameter of a ``Callable[..., nn.Module]`` target as
 supplied by the caller and hides it from the config.
@@ -20,6 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 ClassWeighting = Literal["none", "inverse", "sqrt_inverse", "effective"]
+Reduction = Literal["mean", "none"]
+
+
+def _reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "mean":
+        return per_sample.mean()
+    raise ValueError(f"Unknown reduction {reduction!r}; choose 'mean' or 'none'")
 
 
 def _counts_tensor(class_counts: Sequence[int] | torch.Tensor | None, what: str) -> torch.Tensor:
@@ -93,10 +103,17 @@ class CrossEntropyLoss(nn.Module):
         weights = None if self.weight is None else [round(w, 4) for w in self.weight.tolist()]
         return f"label_smoothing={self.label_smoothing}, class_weights={weights}"
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+        """The loss; ``reduction="none"``: per-sample terms, with class weights rescaled by ``B / sum_i w[y_i]``
+        so that their mean is the weighted mean."""
         _check_num_classes(logits, self.weight, "class_weights")
         weight = None if self.weight is None else self.weight.to(logits.device)
-        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.label_smoothing)
+        per_sample = F.cross_entropy(
+            logits.float(), target, weight=weight, label_smoothing=self.label_smoothing, reduction="none"
+        )
+        if weight is not None:
+            per_sample = per_sample * (len(target) / weight[target].sum())
+        return _reduce(per_sample, reduction)
 
 
 class FocalLoss(nn.Module):
@@ -131,7 +148,7 @@ class FocalLoss(nn.Module):
         alpha = None if self.alpha is None else [round(a, 4) for a in self.alpha.flatten().tolist()]
         return f"gamma={self.gamma}, alpha={alpha}"
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         loss = -log_p
         if self.gamma != 0:
@@ -144,7 +161,7 @@ class FocalLoss(nn.Module):
             else:
                 _check_num_classes(logits, self.alpha, "alpha")
                 loss = self.alpha.to(loss.device)[target] * loss
-        return loss.mean()
+        return _reduce(loss, reduction)
 
 
 def _log_prior(class_counts: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
@@ -183,9 +200,10 @@ class LogitAdjustedLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"tau={self.tau}, classes={self.log_prior.numel()}"
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
         _check_num_classes(logits, self.log_prior, "class_counts")
-        return F.cross_entropy(logits.float() + self.tau * self.log_prior.to(logits.device), target)
+        adjusted = logits.float() + self.tau * self.log_prior.to(logits.device)
+        return _reduce(F.cross_entropy(adjusted, target, reduction="none"), reduction)
 
 
 LOSSES: dict[str, type[nn.Module]] = {

@@ -18,6 +18,7 @@ from medfusion.data.dataset import Collate, MultimodalDataset
 from medfusion.data.demo import default_cache_dir, ensure_demo_data
 from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex, verify_images
+from medfusion.data.samplers import DistributedWeightedSampler, class_balanced_weights
 from medfusion.data.splits import (
     check_groups_disjoint,
     check_splits_present,
@@ -30,6 +31,7 @@ from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 Modality = Literal["image", "text"]
+SamplerKind = Literal["shuffle", "balanced"]
 
 
 @dataclass
@@ -80,6 +82,10 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: texts are truncated to this many tokens (the count is reported).
         batch_size: samples per batch (per process under DDP).
         num_workers: DataLoader worker processes.
+        sampler: training order: ``"shuffle"`` (each sample once per epoch) or ``"balanced"`` (as many
+            draws per epoch as training samples, with replacement, each class equally likely; seeded by
+            ``seed`` and the epoch; DDP ranks share one draw). Do not combine ``"balanced"`` with a
+            class-aware loss (class weights, focal ``alpha``, logit adjustment): double correction.
     """
 
     def __init__(
@@ -111,8 +117,12 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
+        sampler: SamplerKind = "shuffle",
     ) -> None:
         super().__init__()
+        if sampler not in ("shuffle", "balanced"):
+            raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
+        self.sampler = sampler
         self.id_column, self.label_column, self.group_column = id_column, label_column, group_column
         self.image_column, self.text_column, self.text_template = image_column, text_column, text_template
         self.val_ratio, self.test_ratio, self.seed = val_ratio, test_ratio, seed
@@ -251,14 +261,18 @@ class MultimodalDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         sampler = None
-        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if train and self.sampler == "balanced":
+            # A DistributedSampler subclass: under DDP, Lightning keeps it instead of substituting its own.
+            weights = class_balanced_weights(self._labels["train"])
+            sampler = DistributedWeightedSampler(weights, seed=self.seed)
+        elif not train and torch.distributed.is_available() and torch.distributed.is_initialized():
             # The default DistributedSampler pads with duplicates, which biases evaluation metrics.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,

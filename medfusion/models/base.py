@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from medfusion.heads import Head, MLPHead
-from medfusion.losses import CrossEntropyLoss
+from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
 
 HeadFactory = Callable[[int, int], Head]
@@ -47,7 +48,13 @@ class ClassifierModule(L.LightningModule):
         scheduler: ``"cosine"`` (per-step linear warm-up then cosine decay) or ``"constant"``.
         warmup_ratio: fraction of the training steps used for warm-up.
         freeze_encoders: keep encoder weights fixed (and their norm layers in eval mode).
+        logit_adjustment: post-hoc logit adjustment ``tau`` (Menon et al. 2021; 0 = off): validation, test
+            and prediction use ``logits - tau * log(prior)`` from ``class_counts``; training never does.
+            Not with :class:`~medfusion.losses.LogitAdjustedLoss` nor a balanced sampler (double correction).
     """
+
+    # Sub-modules on the main path: their extra losses keep their names; others' get the module name as prefix.
+    _main_modules: tuple[str, ...] = ("head", "fusion")
 
     def __init__(
         self,
@@ -62,6 +69,7 @@ class ClassifierModule(L.LightningModule):
         scheduler: Literal["cosine", "constant"] = "cosine",
         warmup_ratio: float = 0.05,
         freeze_encoders: bool = False,
+        logit_adjustment: float = 0.0,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -71,6 +79,16 @@ class ClassifierModule(L.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self._head_factory = head
         self.criterion = loss(class_counts)
+        if logit_adjustment < 0:
+            raise ValueError(f"logit_adjustment (tau) must be >= 0, got {logit_adjustment}")
+        if logit_adjustment > 0:
+            if class_counts is None:
+                raise ValueError("logit_adjustment needs the training class_counts (linked from the datamodule)")
+            if isinstance(self.criterion, LogitAdjustedLoss):
+                raise ValueError(
+                    "logit_adjustment (post hoc) with LogitAdjustedLoss corrects for the prior twice: "
+                    "use one of them (Menon et al. 2021): set logit_adjustment: 0 or train with a plain loss"
+                )
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = classification_metrics(num_classes, "val/")
         # Sample-weighted means gathered across ranks (sync_dist would average per-rank means).
@@ -99,6 +117,12 @@ class ClassifierModule(L.LightningModule):
         """Logits ``[B, num_classes]`` of a batch dict."""
         return self.head(self.embed(batch))
 
+    def predict_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The logits evaluation and prediction use: ``forward``, post-hoc adjusted when ``logit_adjustment > 0``."""
+        logits = self(batch)
+        tau = self.hparams.logit_adjustment
+        return logit_adjust(logits, self.hparams.class_counts, tau) if tau > 0 else logits
+
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
         if self.hparams.freeze_encoders:
@@ -109,10 +133,25 @@ class ClassifierModule(L.LightningModule):
     def extra_losses(self) -> dict[str, torch.Tensor]:
         """Auxiliary losses of the last forward from every sub-module that has them (fusion, head)."""
         losses: dict[str, torch.Tensor] = {}
-        for module in self.children():
-            if module is not self and hasattr(module, "extra_losses"):
-                losses.update(module.extra_losses())
+        for name, module in self.named_children():
+            if hasattr(module, "extra_losses"):
+                prefix = "" if name in self._main_modules else f"{name}_"
+                losses.update({prefix + key: value for key, value in module.extra_losses().items()})
         return losses
+
+    def class_aware_corrections(self) -> list[str]:
+        """The imbalance corrections configured in the loss and at inference (for the double-correction warning)."""
+        found = []
+        if getattr(self.criterion, "weight", None) is not None:
+            found.append("class weights in the loss")
+        alpha = getattr(self.criterion, "alpha", None)
+        if isinstance(alpha, torch.Tensor) and alpha.ndim > 0:
+            found.append("per-class focal alpha")
+        if isinstance(self.criterion, LogitAdjustedLoss):
+            found.append("LogitAdjustedLoss")
+        if self.hparams.logit_adjustment > 0:
+            found.append("post-hoc logit_adjustment")
+        return found
 
     # ----------------------------------------------------------------------------- lifecycle
     def setup(self, stage: str) -> None:
@@ -124,6 +163,17 @@ class ClassifierModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pretrained_loaded = True
+
+    def on_fit_start(self) -> None:
+        if getattr(self.trainer.datamodule, "sampler", None) != "balanced":
+            return
+        corrections = self.class_aware_corrections()
+        if corrections:
+            rank_zero_warn(
+                f"A class-balanced sampler together with {', '.join(corrections)} corrects for the class "
+                "imbalance twice and over-favours rare classes; use one correction (data.sampler: shuffle, "
+                "or a plain loss without post-hoc adjustment)."
+            )
 
     def on_test_start(self) -> None:
         names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
@@ -137,20 +187,42 @@ class ClassifierModule(L.LightningModule):
         self.test_losses = nn.ModuleList([MeanMetric() for _ in self.test_prefixes]).to(self.device)
 
     # ----------------------------------------------------------------------------- steps
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_objective(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits, loss, terms)`` of a training batch: the classification logits, the training loss
+        before the sub-modules' extra losses, and the named terms to log. Subclasses add objectives here."""
         logits = self(batch)
-        loss = self.criterion(logits, batch["label"])
+        return logits, self.criterion(logits, batch["label"]), {}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits, loss, terms = self.training_objective(batch)
         size = len(batch["label"])
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=size)
         for name, value in self.extra_losses().items():
             self.log(f"train/{name}", value, batch_size=size)
             loss = loss + value
+        for name, value in self.routing_stats().items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size)
         self.train_acc(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
+    def routing_stats(self) -> dict[str, torch.Tensor]:
+        """Detached routing statistics of the last forward: MoE expert load and importance of the head
+        (``moe_load_<k>``, ``moe_importance_<k>``) and the mean gate of a gated fusion (``gate_mean``)."""
+        stats: dict[str, torch.Tensor] = {}
+        routing = getattr(self.head, "last_routing", None) or {}
+        for kind in ("load", "importance"):
+            for k, value in enumerate(routing.get(kind, [])):
+                stats[f"moe_{kind}_{k}"] = value.detach()
+        gate = getattr(getattr(self, "fusion", None), "last_gate", None)
+        if isinstance(gate, torch.Tensor):
+            stats["gate_mean"] = gate.detach().float().mean()
+        return stats
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch)
+        logits = self.predict_logits(batch)
         size = len(batch["label"])
         self.val_loss.update(self.criterion(logits, batch["label"]), weight=size)
         self.val_metrics.update(logits, batch["label"])
@@ -158,7 +230,7 @@ class ClassifierModule(L.LightningModule):
         self.log_dict(self.val_metrics, batch_size=size)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits = self(batch)
+        logits = self.predict_logits(batch)
         size = len(batch["label"])
         metrics, loss = self.test_metrics[dataloader_idx], self.test_losses[dataloader_idx]
         metrics.update(logits, batch["label"])
@@ -168,7 +240,7 @@ class ClassifierModule(L.LightningModule):
         self.log_dict(metrics, batch_size=size, add_dataloader_idx=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return {"id": batch["id"], "probs": self(batch).float().softmax(dim=-1)}
+        return {"id": batch["id"], "probs": self.predict_logits(batch).float().softmax(dim=-1)}
 
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
@@ -10,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from medfusion.encoders import ImageEncoder, TextEncoder
+from medfusion.encoders import Encoded, ImageEncoder, TextEncoder
 from medfusion.fusion import ConcatFusion, Fusion
+from medfusion.losses import clip_loss, disagreement_weight, supcon_loss, symmetric_kl
 from medfusion.models.base import ClassifierModule, require
 
 FusionFactory = Callable[[Any, Any, int], Fusion]
@@ -30,7 +33,24 @@ class MultimodalClassifier(ClassifierModule):
             (dims are lists for level fusions).
         fusion_dim: the fused feature size fed to the head.
         vocab_size: the datamodule tokenizer's vocabulary size (linked by the CLI).
+        aux_heads: modality-disagreement supervision: image-only and text-only heads (built like ``head``) on
+            the pooled encoder outputs, trained with the fusion; the training loss becomes
+            ``a * L_image + b * L_text + c * mean_i(w_i * L_fusion_i)``, ``w_i`` growing with the symmetric KL
+            between the two unimodal predictions (:func:`~medfusion.losses.disagreement_weight`). The loss must
+            accept ``reduction="none"`` (all medfusion losses do). Predictions use the fused logits only.
+        aux_weights: ``(a, b, c)`` above.
+        disagreement_clip: the KL is clipped here, so ``w`` lies in ``[1, 1 + clip]``.
+        disagreement_warmup_steps: optimizer steps over which the disagreement emphasis ramps in linearly.
+        supcon_weight: weight of a supervised contrastive loss (Khosla et al. 2020) on a projection
+            (Linear-ReLU-Linear) of the fused features; 0 = off (and no projector).
+        supcon_temperature: SupCon temperature.
+        clip_weight: weight of a CLIP loss (Radford et al. 2021) between linear projections of the pooled image
+            and text features, with a learnable log-scale initialised at ``log(1/0.07)``; 0 = off.
+        projection_dim: output size of the SupCon and CLIP projections.
         **kwargs: see :class:`ClassifierModule` (num_classes, head, loss, lr, ...).
+
+    Training logs (unweighted) ``train/loss_image``, ``train/loss_text``, ``train/disagreement`` (mean KL),
+    ``train/disagreement_weight`` (mean ``w``), ``train/supcon`` and ``train/clip`` when enabled.
     """
 
     def __init__(
@@ -40,9 +60,32 @@ class MultimodalClassifier(ClassifierModule):
         fusion: FusionFactory = ConcatFusion,
         fusion_dim: int = 256,
         vocab_size: int | None = None,
+        aux_heads: bool = False,
+        aux_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        disagreement_clip: float = 1.0,
+        disagreement_warmup_steps: int = 0,
+        supcon_weight: float = 0.0,
+        supcon_temperature: float = 0.07,
+        clip_weight: float = 0.0,
+        projection_dim: int = 128,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if disagreement_clip <= 0 or disagreement_warmup_steps < 0:
+            raise ValueError(
+                f"need disagreement_clip > 0 and disagreement_warmup_steps >= 0, got "
+                f"{disagreement_clip} and {disagreement_warmup_steps}"
+            )
+        if len(aux_weights) != 3 or min(aux_weights) < 0 or supcon_weight < 0 or clip_weight < 0:
+            raise ValueError(
+                f"aux_weights must be 3 numbers >= 0 and supcon_weight, clip_weight >= 0; "
+                f"got {aux_weights}, {supcon_weight}, {clip_weight}"
+            )
+        if aux_heads and "reduction" not in inspect.signature(self.criterion.forward).parameters:
+            raise ValueError(
+                f"aux_heads weights the fusion loss per sample, so the loss must accept reduction='none'; "
+                f"{type(self.criterion).__name__} does not"
+            )
         self.image_encoder = image_encoder()
         self.text_encoder = text_encoder(vocab_size=vocab_size)
         kind = fusion_class(fusion).input_kind
@@ -53,21 +96,75 @@ class MultimodalClassifier(ClassifierModule):
         }[kind]
         self.fusion = fusion(*dims, fusion_dim)
         self._build_head(self.fusion.out_dim)
+        image_dim, text_dim, fused_dim = self.image_encoder.out_dim, self.text_encoder.out_dim, self.fusion.out_dim
+        # Optional modules exist only when used, so that DDP finds no parameter without a gradient.
+        if aux_heads:
+            self.image_head = self._head_factory(image_dim, self.num_classes)
+            self.text_head = self._head_factory(text_dim, self.num_classes)
+        if supcon_weight > 0:
+            self.supcon_projector = nn.Sequential(
+                nn.Linear(fused_dim, fused_dim), nn.ReLU(), nn.Linear(fused_dim, projection_dim)
+            )
+        if clip_weight > 0:
+            self.clip_image_projector = nn.Linear(image_dim, projection_dim)
+            self.clip_text_projector = nn.Linear(text_dim, projection_dim)
+            self.clip_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encoders(self) -> list[nn.Module]:
         return [self.image_encoder, self.text_encoder]
 
-    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+    def encode(self, batch: dict[str, Any]) -> tuple[Encoded, Encoded]:
+        """Both encoders' outputs, with what the fusion needs (``pooled`` is always there)."""
         kind = self.fusion.input_kind
         wants = {"tokens": kind == "tokens", "levels": kind == "levels"}
         image = self.image_encoder(require(batch, "image", "MultimodalClassifier"), **wants)
         ids = require(batch, "input_ids", "MultimodalClassifier")
         text = self.text_encoder(ids, batch["attention_mask"], **wants)
+        return image, text
+
+    def fuse(self, image: Encoded, text: Encoded) -> torch.Tensor:
+        """The fused features ``[B, fusion.out_dim]`` of two encoder outputs."""
+        kind = self.fusion.input_kind
         if kind == "tokens":
             return self.fusion(image.tokens, text.tokens, image_mask=image.mask, text_mask=text.mask)
         if kind == "levels":
             return self.fusion(image.levels, text.levels)
         return self.fusion(image.pooled, text.pooled)
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.fuse(*self.encode(batch))
+
+    def training_objective(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The fusion loss (disagreement-weighted with ``aux_heads``) plus the enabled auxiliary objectives."""
+        hp = self.hparams
+        image, text = self.encode(batch)
+        fused = self.fuse(image, text)
+        logits = self.head(fused)
+        target = batch["label"]
+        terms: dict[str, torch.Tensor] = {}
+        if hp.aux_heads:
+            image_logits, text_logits = self.image_head(image.pooled), self.text_head(text.pooled)
+            terms["loss_image"] = self.criterion(image_logits, target)
+            terms["loss_text"] = self.criterion(text_logits, target)
+            kl = symmetric_kl(image_logits, text_logits).detach()
+            weight = disagreement_weight(
+                kl, step=self.global_step, warmup_steps=hp.disagreement_warmup_steps, clip=hp.disagreement_clip
+            )
+            terms["disagreement"], terms["disagreement_weight"] = kl.mean(), weight.mean()
+            a, b, c = hp.aux_weights
+            fusion_loss = (weight * self.criterion(logits, target, reduction="none")).mean()
+            loss = a * terms["loss_image"] + b * terms["loss_text"] + c * fusion_loss
+        else:
+            loss = self.criterion(logits, target)
+        if hp.supcon_weight > 0:
+            terms["supcon"] = supcon_loss(self.supcon_projector(fused), target, hp.supcon_temperature)
+            loss = loss + hp.supcon_weight * terms["supcon"]
+        if hp.clip_weight > 0:
+            image_proj = self.clip_image_projector(image.pooled)
+            text_proj = self.clip_text_projector(text.pooled)
+            terms["clip"] = clip_loss(image_proj, text_proj, self.clip_logit_scale)
+            loss = loss + hp.clip_weight * terms["clip"]
+        return logits, loss, terms
 
 
 def fusion_class(factory: FusionFactory) -> type[Fusion]:
