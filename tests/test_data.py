@@ -150,19 +150,23 @@ def check_batch(batch: dict, keys: set[str], image_size: int, batch_size: int) -
 
 
 # ------------------------------------------------------------------------------------- 1. HAM10000
+def ham_datamodule(csv_path, image_dir=None, **kwargs) -> MultimodalDataModule:
+    """HAM10000 as users configure it: extension-less image_id, dx labels, lesion-aware split, templated text."""
+    options = {
+        "id_column": "image_id",
+        "label_column": "dx",
+        "group_column": "lesion_id",
+        "text_template": HAM_TEMPLATE,
+    }
+    return MultimodalDataModule(
+        csv_path=str(csv_path), image_dir=None if image_dir is None else str(image_dir), **options | kwargs
+    )
+
+
 @pytest.fixture(scope="module")
 def ham_dm(ham_layout) -> MultimodalDataModule:
-    dm = MultimodalDataModule(
-        csv_path=str(ham_layout.csv_path),
-        image_dir=str(ham_layout.image_dir),
-        id_column="image_id",
-        label_column="dx",
-        group_column="lesion_id",
-        text_template=HAM_TEMPLATE,
-        image_size=32,
-        batch_size=8,
-        seed=7,
-        verify_images=True,
+    dm = ham_datamodule(
+        ham_layout.csv_path, ham_layout.image_dir, image_size=32, batch_size=8, seed=7, verify_images=True
     )
     dm.setup()
     return dm
@@ -257,16 +261,7 @@ def test_ham_batches_have_the_documented_contract(ham_dm) -> None:
 
 def test_ham_split_is_deterministic_per_seed(ham_dm, ham_layout) -> None:
     def split_with(seed: int) -> dict[str, str]:
-        dm = MultimodalDataModule(
-            csv_path=str(ham_layout.csv_path),
-            image_dir=str(ham_layout.image_dir),
-            id_column="image_id",
-            label_column="dx",
-            group_column="lesion_id",
-            text_template=HAM_TEMPLATE,
-            seed=seed,
-            verify_images=False,
-        )
+        dm = ham_datamodule(ham_layout.csv_path, ham_layout.image_dir, seed=seed, verify_images=False)
         return {i: s for s in ("train", "val", "test") for i in dm._records[s].ids}
 
     assert split_with(7) == ham_split_of(ham_dm)
@@ -275,15 +270,7 @@ def test_ham_split_is_deterministic_per_seed(ham_dm, ham_layout) -> None:
 
 def test_ham_full_metadata_text_only(ham_metadata_csv) -> None:
     """All 10,015 real rows (text only, no images needed): lesions never cross splits, every class everywhere."""
-    dm = MultimodalDataModule(
-        csv_path=str(ham_metadata_csv),
-        modalities=["text"],
-        id_column="image_id",
-        label_column="dx",
-        group_column="lesion_id",
-        text_template=HAM_TEMPLATE,
-        seed=0,
-    )
+    dm = ham_datamodule(ham_metadata_csv, modalities=["text"], seed=0)
     table = pd.read_csv(ham_metadata_csv, dtype=str)
     split_of = {i: s for s in ("train", "val", "test") for i in dm._records[s].ids}
     assert len(split_of) == len(table) == 10015

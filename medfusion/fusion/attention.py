@@ -64,6 +64,13 @@ class CrossAttentionBlock(nn.Module):
         return query + self.ffn(self.norm_ffn(query)), weights
 
 
+def block_stack(num_layers: int, dim: int, num_heads: int, dropout: float, ffn_mult: int) -> nn.ModuleList:
+    """``num_layers`` :class:`CrossAttentionBlock` s of width ``dim`` (at least one)."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    return nn.ModuleList(CrossAttentionBlock(dim, num_heads, dropout, ffn_mult) for _ in range(num_layers))
+
+
 class TokenFusion(Fusion):
     """Base of the attention fusions: validates token inputs, projects both modalities to ``dim`` and adds a
     learned positional embedding to the image patches (text hidden states already carry their positions)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medfusion.fusion.attention import CrossAttentionBlock, TokenFusion, masked_mean
+from medfusion.fusion.attention import TokenFusion, block_stack, masked_mean
 from medfusion.fusion.base import FUSIONS
 
 
@@ -35,14 +35,8 @@ class CoAttentionFusion(TokenFusion):
         super().__init__(
             image_dim, text_dim, out_dim, dim=dim, max_image_tokens=max_image_tokens, store_attention=store_attention
         )
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        self.text_blocks = nn.ModuleList(
-            CrossAttentionBlock(self.dim, num_heads, dropout, ffn_mult) for _ in range(num_layers)
-        )
-        self.image_blocks = nn.ModuleList(
-            CrossAttentionBlock(self.dim, num_heads, dropout, ffn_mult) for _ in range(num_layers)
-        )
+        self.text_blocks = block_stack(num_layers, self.dim, num_heads, dropout, ffn_mult)
+        self.image_blocks = block_stack(num_layers, self.dim, num_heads, dropout, ffn_mult)
         self.text_norm = nn.LayerNorm(self.dim)
         self.image_norm = nn.LayerNorm(self.dim)
         self.out = nn.Linear(2 * self.dim, out_dim)

@@ -7,7 +7,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from medfusion.fusion.attention import CrossAttentionBlock, TokenFusion, masked_mean
+from medfusion.fusion.attention import TokenFusion, block_stack, masked_mean
 from medfusion.fusion.base import FUSIONS
 
 Direction = Literal["text_to_image", "image_to_text"]
@@ -42,12 +42,8 @@ class CrossAttentionFusion(TokenFusion):
         )
         if direction not in get_args(Direction):
             raise ValueError(f"direction must be one of {get_args(Direction)}, got {direction!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.direction = direction
-        self.blocks = nn.ModuleList(
-            CrossAttentionBlock(self.dim, num_heads, dropout, ffn_mult) for _ in range(num_layers)
-        )
+        self.blocks = block_stack(num_layers, self.dim, num_heads, dropout, ffn_mult)
         self.norm = nn.LayerNorm(self.dim)
         self.out = nn.Linear(self.dim, out_dim)
         self.last_attention: torch.Tensor | None = None
