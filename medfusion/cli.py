@@ -32,7 +32,7 @@ class MedfusionCLI(LightningCLI):
 
 
 def demo_data_main(argv: Sequence[str]) -> None:
-    """``medfusion demo-data OUT_DIR``: write the synthetic demo dataset."""
+    """medfusion demo-data OUT_DIR: write the synthetic demo dataset (CSV, JSON of reports, image folder)."""
     from medfusion.data.demo import make_demo_data
 
     parser = argparse.ArgumentParser(prog="medfusion demo-data", description=demo_data_main.__doc__)
@@ -49,6 +49,10 @@ def demo_data_main(argv: Sequence[str]) -> None:
 
 
 EXTRA_COMMANDS = {"demo-data": demo_data_main}
+DESCRIPTION = (
+    "Multimodal (image + text) medical classification. Subcommands fit/validate/test/predict take "
+    "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -64,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         subclass_mode_data=True,
         args=None if argv is None else args,
         auto_configure_optimizers=False,
+        parser_kwargs={"description": DESCRIPTION},
     )
 
 
