@@ -5,12 +5,73 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import lightning as L
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
-from medfusion.callbacks import MetricsJSON, PredictionWriter
+from medfusion.callbacks import Evaluation, Explanations, MetricsJSON, PredictionWriter, ValidationPredictions
 from medfusion.data import MultimodalDataModule
 from medfusion.models import ClassifierModule
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"init_args": {"lr": 1}}}`` -> ``{"model.init_args.lr": 1}`` (lists kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save ``config.yaml`` in the run dir (as LightningCLI does) and send the whole config to W&B's run config."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers:
+            config = flatten(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
+            for logger in wandb_loggers:
+                logger.experiment.config.update(config, allow_val_change=True)
+
+
+def short_name(config: Namespace | None, suffixes: Sequence[str] = ("Classifier", "Fusion", "Head", "Loss")) -> str:
+    """``medfusion.fusion.GatedFusion`` -> ``gated``: the class name without the family suffix, lower case."""
+    if config is None or not getattr(config, "class_path", None):
+        return ""
+    name = config.class_path.rsplit(".", 1)[-1]
+    for suffix in suffixes:
+        name = name.removesuffix(suffix)
+    return name.lower()
+
+
+def describe_run(config: Namespace) -> tuple[str, list[str]]:
+    """A run name and tags from the config: model kind, fusion, head, loss and seed (e.g. ``multimodal-gated-mlp-
+    crossentropy-s0``)."""
+    model = config.model
+    init = getattr(model, "init_args", None) or Namespace()
+    parts = [short_name(model), short_name(getattr(init, "fusion", None))]
+    parts += [short_name(getattr(init, "head", None)), short_name(getattr(init, "loss", None))]
+    tags = [p for p in parts if p]
+    return "-".join([*tags, f"s{config.seed_everything}"]), tags
+
+
+def name_wandb_runs(config: Namespace) -> None:
+    """Give W&B loggers without a name the run's description as name, and add its parts to their tags."""
+    loggers = config.trainer.logger
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, Namespace) and str(logger.class_path).endswith("WandbLogger"):
+            name, tags = describe_run(config)
+            if logger.init_args.get("name") is None:
+                logger.init_args["name"] = name
+            existing = list(logger.init_args.get("tags") or [])
+            logger.init_args["tags"] = existing + [t for t in tags if t not in existing]
 
 
 class MedfusionCLI(LightningCLI):
@@ -21,9 +82,15 @@ class MedfusionCLI(LightningCLI):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
         parser.add_lightning_class_args(MetricsJSON, "metrics_json")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(Evaluation, "evaluation")
+        parser.add_lightning_class_args(ValidationPredictions, "val_predictions")
+        parser.add_lightning_class_args(Explanations, "explanations")
         parser.add_argument(
             "--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint (fit only)."
         )
+
+    def before_instantiate_classes(self) -> None:
+        name_wandb_runs(self.config[self.subcommand] if self.subcommand else self.config)
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
@@ -48,10 +115,68 @@ def demo_data_main(argv: Sequence[str]) -> None:
     print(f"Wrote {args.num_samples} samples to {out} (metadata.csv, reports.json, images/)")
 
 
-EXTRA_COMMANDS = {"demo-data": demo_data_main}
+def explain_main(argv: Sequence[str]) -> None:
+    """medfusion explain --config CFG --ckpt_path CKPT [--ids ID ...]: write one PNG per sample with the Grad-CAM
+    overlay, the text tokens' attention maps, gate values, MoE routing and class probabilities."""
+    from medfusion.checkpoints import load_weights
+    from medfusion.interpret import explain_batch, save_explanations
+
+    parser = argparse.ArgumentParser(
+        prog="medfusion explain",
+        description=explain_main.__doc__,
+        epilog="Every other option (--config, --model.*, --data.*) builds the model and data as for 'medfusion test'.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="the trained model's checkpoint")
+    parser.add_argument("--ids", nargs="+", help="sample ids (any split); default: --num_samples test samples")
+    parser.add_argument("--num_samples", type=int, default=8, help="without --ids: how many test samples")
+    parser.add_argument("--out_dir", help="default: explanations/ next to the checkpoints/ directory")
+    args, rest = parser.parse_known_args(argv)
+    cli = MedfusionCLI(
+        ClassifierModule,
+        MultimodalDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(rest),
+        run=False,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+    )
+    model, datamodule = cli.model, cli.datamodule
+    load_weights(model, args.ckpt_path)
+    datamodule.setup(None)
+    samples = find_samples(datamodule, args.ids, args.num_samples)
+    explanations = explain_batch(
+        model, datamodule.collate(samples), tokenizer=datamodule.tokenizer, mean=datamodule.mean, std=datamodule.std
+    )
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt_path).resolve().parent.parent / "explanations"
+    paths = save_explanations(explanations, model.class_names, out_dir)
+    for explanation, path in zip(explanations, paths, strict=True):
+        predicted = model.class_names[int(explanation.probs.argmax())]
+        true = "?" if explanation.label is None or explanation.label < 0 else model.class_names[explanation.label]
+        print(f"{explanation.id}: true {true}, predicted {predicted} -> {path}")
+
+
+def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, num_samples: int) -> list[dict]:
+    """The samples with these ids from any split (validation, test sets, training, prediction), or the first
+    ``num_samples`` of the test set; unknown ids raise with examples of known ones."""
+    if not ids:
+        dataset = datamodule.datasets["test"]
+        return [dataset[i] for i in range(min(num_samples, len(dataset)))]
+    where: dict[str, tuple[Any, int]] = {}
+    for dataset in reversed(list(datamodule.datasets.values())):  # earlier splits win
+        where.update({sample_id: (dataset, i) for i, sample_id in enumerate(dataset.ids)})
+    missing = [i for i in ids if i not in where]
+    if missing:
+        known = ", ".join(list(where)[:5])
+        raise KeyError(f"ids not found in any split of the data: {missing}; known ids look like: {known}")
+    return [where[i][0][where[i][1]] for i in ids]
+
+
+EXTRA_COMMANDS = {"demo-data": demo_data_main, "explain": explain_main}
 DESCRIPTION = (
     "Multimodal (image + text) medical classification. Subcommands fit/validate/test/predict take "
-    "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset."
+    "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset, "
+    "'medfusion explain --config CFG --ckpt_path CKPT --ids ID ...' writes Grad-CAM/attention figures."
 )
 
 
@@ -68,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         subclass_mode_data=True,
         args=None if argv is None else args,
         auto_configure_optimizers=False,
+        save_config_callback=LoggerSaveConfigCallback,
         parser_kwargs={"description": DESCRIPTION},
     )
 

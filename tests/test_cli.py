@@ -53,9 +53,26 @@ def test_fit_writes_config_checkpoints_and_test_metrics(fitted) -> None:
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints and any(n.startswith("best-") for n in checkpoints)
     metrics = read_metrics(run)
-    expected = {"acc", "balanced_acc", "macro_precision", "macro_recall", "macro_f1", "macro_auroc", "loss"}
+    with_intervals = ["acc", "balanced_acc", "macro_f1", "macro_auroc"]
+    expected = {*with_intervals, "macro_precision", "macro_recall", "ece", "loss"}
+    expected |= {f"{m}_ci_{end}" for m in with_intervals for end in ("low", "high")}
     assert {k.removeprefix("test/") for k in metrics} == expected
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "test/loss")
+    for name in ("acc", "balanced_acc", "macro_f1"):  # percentile intervals around the point estimate
+        assert metrics[f"test/{name}_ci_low"] <= metrics[f"test/{name}"] <= metrics[f"test/{name}_ci_high"]
+    assert metrics["test/acc_ci_low"] < metrics["test/acc_ci_high"]
+    evaluation = run / "evaluation"
+    names = {p.name for p in evaluation.iterdir()}
+    assert names == {
+        "test_confusion_matrix.csv",
+        "test_confusion_matrix.png",
+        "test_classification_report.csv",
+        "test_embedding_map.png",
+    }
+    matrix = list(csv.reader((evaluation / "test_confusion_matrix.csv").open()))
+    assert sum(int(x) for row in matrix[1:] for x in row[1:]) == 18  # every test sample once
+    report = {r["class"]: r for r in csv.DictReader((evaluation / "test_classification_report.csv").open())}
+    assert float(report["macro avg"]["recall"]) == pytest.approx(metrics["test/balanced_acc"], abs=1e-4)
 
 
 def test_test_and_predict_from_a_checkpoint(fitted) -> None:
@@ -99,6 +116,40 @@ def test_external_test_set_gets_its_own_metrics(fitted) -> None:
     site_b = {k.removeprefix("test_site_b/"): v for k, v in metrics.items() if k.startswith("test_site_b/")}
     assert set(site_b) == {k.removeprefix("test/") for k in internal}
     assert not any("dataloader_idx" in k for k in metrics)
+    matrix = list(csv.reader((out / "demo" / "version_0" / "evaluation" / "test_site_b_confusion_matrix.csv").open()))
+    assert sum(int(x) for row in matrix[1:] for x in row[1:]) == 40  # the external set's own samples
+
+
+def test_temperature_scaling_and_tta_at_test_time(fitted) -> None:
+    root, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    out = root / "calibrated_runs"
+    main(
+        [
+            "test",
+            *args,
+            f"--ckpt_path={best}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            "--evaluation.temperature_scaling=true",
+            "--model.tta=[identity, hflip]",
+        ]
+    )
+    metrics, plain = read_metrics(out / "demo" / "version_0"), read_metrics(run)
+    assert metrics["test/temperature"] > 0 and metrics["test/temperature"] != pytest.approx(1.0)
+    assert metrics["test/loss"] != pytest.approx(plain["test/loss"])
+
+
+def test_explain_writes_one_figure_per_id(fitted, capsys) -> None:
+    root, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    ids = [row["image_id"] for row in csv.DictReader((root / "data" / "metadata.csv").open())][:2]
+    out = root / "explained"
+    main(["explain", *args, f"--ckpt_path={best}", "--ids", *ids, f"--out_dir={out}"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in ids)
+    printed = capsys.readouterr().out
+    assert all(f"{i}: true " in printed for i in ids)
+    with pytest.raises(KeyError, match="NOT_AN_ID"):
+        main(["explain", *args, f"--ckpt_path={best}", "--ids", "NOT_AN_ID", f"--out_dir={out}"])
 
 
 def run_cli(args: list[str], cwd: Path) -> None:

@@ -32,6 +32,13 @@ def test_image_encoder_shapes(name: str, tokens: int, level_dims: list[int]) -> 
     torch.testing.assert_close(plain.pooled, out.pooled)
 
 
+def test_image_encoder_out_dim_is_the_pre_logits_width() -> None:
+    """MambaOut's pre-logits output is a hidden layer wider than num_features: out_dim must follow it."""
+    encoder = ImageEncoder("test_mambaout").eval()
+    assert encoder.out_dim != encoder.model.num_features
+    assert encoder(torch.randn(2, 3, 64, 64)).pooled.shape == (2, encoder.out_dim)
+
+
 def test_resnet18_levels_are_layer2_to_4() -> None:
     encoder = ImageEncoder("resnet18")
     assert encoder.level_dims == [128, 256, 512]

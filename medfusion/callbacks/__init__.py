@@ -1,5 +1,7 @@
-"""Callbacks: run outputs (metrics.json, predictions.csv)."""
+"""Callbacks: run outputs (metrics.json, predictions.csv), test-time evaluation, validation-sample views."""
 
+from medfusion.callbacks.evaluation import Evaluation
 from medfusion.callbacks.outputs import MetricsJSON, PredictionWriter, run_dir
+from medfusion.callbacks.samples import Explanations, ValidationPredictions
 
-__all__ = ["MetricsJSON", "PredictionWriter", "run_dir"]
+__all__ = ["Evaluation", "Explanations", "MetricsJSON", "PredictionWriter", "ValidationPredictions", "run_dir"]

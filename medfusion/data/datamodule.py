@@ -237,6 +237,7 @@ class MultimodalDataModule(L.LightningDataModule):
             image_paths=records.image_paths if self.uses_image else None,
             token_ids=self._tokenize(records.texts, str(records.csv_path)) if self.uses_text else None,
             transform=make_transform(self.image_size, self.mean, self.std),
+            texts=records.texts if self.uses_text else None,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -268,7 +269,6 @@ class MultimodalDataModule(L.LightningDataModule):
         elif not train and torch.distributed.is_available() and torch.distributed.is_initialized():
             # The default DistributedSampler pads with duplicates, which biases evaluation metrics.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -278,8 +278,13 @@ class MultimodalDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=Collate(pad_id),
+            collate_fn=self.collate,
         )
+
+    @property
+    def collate(self) -> Collate:
+        """The batch collate function (pads token ids with the tokenizer's pad id)."""
+        return Collate(self.tokenizer.pad_token_id if self.tokenizer is not None else 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], train=True)

@@ -22,6 +22,7 @@ class MultimodalDataset(Dataset):
         image_paths: one file per sample, or None for text-only data.
         token_ids: token ids per sample (special tokens included), or None for image-only data.
         transform: applied to the RGB PIL image.
+        texts: the raw texts behind ``token_ids`` (for tables and explanations; not part of the samples).
     """
 
     def __init__(
@@ -31,8 +32,9 @@ class MultimodalDataset(Dataset):
         image_paths: Sequence[Path] | None = None,
         token_ids: Sequence[Sequence[int]] | None = None,
         transform: Callable[[Any], torch.Tensor] | None = None,
+        texts: Sequence[str] | None = None,
     ) -> None:
-        for name, values in (("image_paths", image_paths), ("token_ids", token_ids)):
+        for name, values in (("image_paths", image_paths), ("token_ids", token_ids), ("texts", texts)):
             if values is not None and len(values) != len(ids):
                 raise ValueError(f"{name} has {len(values)} entries for {len(ids)} ids")
         self.ids = list(ids)
@@ -40,6 +42,7 @@ class MultimodalDataset(Dataset):
         self.image_paths = image_paths
         self.token_ids = token_ids
         self.transform = transform
+        self.texts = texts
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -42,7 +42,8 @@ class ImageEncoder(nn.Module):
         if not 1 <= num_levels <= len(channels):
             raise ValueError(f"num_levels must be in [1, {len(channels)}] for {model_name}, got {num_levels}")
         self.num_levels = num_levels
-        self.out_dim: int = self.model.num_features
+        # pre-logits width: some models (MambaOut, ConvNeXt-V2 heads) add a hidden layer after num_features
+        self.out_dim: int = getattr(self.model, "head_hidden_size", None) or self.model.num_features
         self.level_dims: list[int] = channels[-num_levels:]
         self.token_dim: int = channels[-1]
         self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)

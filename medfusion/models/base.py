@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from medfusion.heads import Head, MLPHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
+from medfusion.tta import TTA_VIEWS, average_log_probs, check_views
 
 HeadFactory = Callable[[int, int], Head]
 LossFactory = Callable[[Sequence[int] | None], nn.Module]
@@ -51,6 +52,12 @@ class ClassifierModule(L.LightningModule):
         logit_adjustment: post-hoc logit adjustment ``tau`` (Menon et al. 2021; 0 = off): validation, test
             and prediction use ``logits - tau * log(prior)`` from ``class_counts``; training never does.
             Not with :class:`~medfusion.losses.LogitAdjustedLoss` nor a balanced sampler (double correction).
+        tta: test-time augmentation views for ``test`` and ``predict`` (names from :data:`medfusion.tta.TTA_VIEWS`:
+            identity, hflip, vflip, rot90, rot270, center_crop); their softmax outputs are averaged. Include
+            ``identity`` to keep the plain view. Ignored for text-only models.
+
+    The ``temperature`` buffer divides the evaluation logits (1 until temperature scaling sets it; see
+    :class:`~medfusion.callbacks.Evaluation`).
     """
 
     # Sub-modules on the main path: their extra losses keep their names; others' get the module name as prefix.
@@ -70,6 +77,7 @@ class ClassifierModule(L.LightningModule):
         warmup_ratio: float = 0.05,
         freeze_encoders: bool = False,
         logit_adjustment: float = 0.0,
+        tta: list[str] | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -96,6 +104,8 @@ class ClassifierModule(L.LightningModule):
         self.test_metrics = nn.ModuleList()
         self.test_losses = nn.ModuleList()
         self.test_prefixes: list[str] = []
+        self.tta = check_views(tta or [])
+        self.register_buffer("temperature", torch.ones(()))
         self._pretrained_loaded = False
 
     # ----------------------------------------------------------------------------- model
@@ -118,10 +128,29 @@ class ClassifierModule(L.LightningModule):
         return self.head(self.embed(batch))
 
     def predict_logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The logits evaluation and prediction use: ``forward``, post-hoc adjusted when ``logit_adjustment > 0``."""
-        logits = self(batch)
+        """The logits evaluation and prediction use: ``forward``, post-hoc adjusted when ``logit_adjustment > 0``,
+        divided by the fitted ``temperature``."""
+        return self.calibrate(self(batch))
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Post-hoc logit adjustment (when ``logit_adjustment > 0``), then division by ``temperature``."""
         tau = self.hparams.logit_adjustment
-        return logit_adjust(logits, self.hparams.class_counts, tau) if tau > 0 else logits
+        if tau > 0:
+            logits = logit_adjust(logits, self.hparams.class_counts, tau)
+        return logits / self.temperature
+
+    def evaluate(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, features)`` for test and predict: the calibrated logits, averaged over the ``tta`` views
+        (as ``log(mean softmax)``) when configured, and the plain view's features ``[B, D]`` before the head."""
+        features = self.embed(batch)
+        logits = self.calibrate(self.head(features))
+        if not self.tta or "image" not in batch or getattr(self, "image_encoder", None) is None:
+            return logits, features
+        views = [
+            logits if name == "identity" else self.predict_logits({**batch, "image": TTA_VIEWS[name](batch["image"])})
+            for name in self.tta
+        ]
+        return average_log_probs([v.float().log_softmax(-1) for v in views]), features
 
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
@@ -225,22 +254,25 @@ class ClassifierModule(L.LightningModule):
         logits = self.predict_logits(batch)
         size = len(batch["label"])
         self.val_loss.update(self.criterion(logits, batch["label"]), weight=size)
-        self.val_metrics.update(logits, batch["label"])
+        self.val_metrics.update(logits.float().softmax(-1), batch["label"])
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=size)
         self.log_dict(self.val_metrics, batch_size=size)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        logits = self.predict_logits(batch)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Update the test set's metrics; return ``id``, ``label``, ``probs`` and ``features`` for callbacks."""
+        logits, features = self.evaluate(batch)
+        probs = logits.float().softmax(-1)
         size = len(batch["label"])
         metrics, loss = self.test_metrics[dataloader_idx], self.test_losses[dataloader_idx]
-        metrics.update(logits, batch["label"])
+        metrics.update(probs, batch["label"])
         loss.update(self.criterion(logits, batch["label"]), weight=size)
         prefix = self.test_prefixes[dataloader_idx]
         self.log(f"{prefix}loss", loss, batch_size=size, add_dataloader_idx=False)
         self.log_dict(metrics, batch_size=size, add_dataloader_idx=False)
+        return {"id": batch["id"], "label": batch["label"], "probs": probs, "features": features.detach()}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return {"id": batch["id"], "probs": self.predict_logits(batch).float().softmax(dim=-1)}
+        return {"id": batch["id"], "probs": self.evaluate(batch)[0].float().softmax(dim=-1)}
 
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
