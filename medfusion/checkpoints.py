@@ -1,12 +1,16 @@
-"""Reading medfusion checkpoints safely (``weights_only``: no code from the file is run)."""
+"""Checkpoints: safe reading (``weights_only``: no code from the file runs), the tokenizer and class names they
+carry so that a trained model needs no training data, and the class check against new data."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -21,7 +25,35 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's weights into ``model`` (strictly: every key must match); returns the checkpoint."""
+    """Load a checkpoint's weights into ``model`` (strictly: every key must match) after the model's own
+    ``on_load_checkpoint`` checks (class names); returns the checkpoint."""
     checkpoint = read_checkpoint(path)
+    if hasattr(model, "on_load_checkpoint"):
+        model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     return checkpoint
+
+
+def tokenizer_state(tokenizer: PreTrainedTokenizerBase | None) -> dict[str, Any] | None:
+    """A fast tokenizer as plain strings (its ``tokenizer.json`` and special tokens), to store in a checkpoint."""
+    if tokenizer is None:
+        return None
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: it cannot be stored in a checkpoint")
+    return {"json": tokenizer.backend_tokenizer.to_str(), "special_tokens": dict(tokenizer.special_tokens_map)}
+
+
+def tokenizer_from_state(state: dict[str, Any]) -> PreTrainedTokenizerFast:
+    """The tokenizer :func:`tokenizer_state` stored."""
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(state["json"]), **state["special_tokens"])
+
+
+def check_class_names(trained: Sequence[str], data: Sequence[str], ckpt_path: str | Path | None = None) -> None:
+    """Raise when a checkpoint's classes (names and order) differ from the data's, listing both."""
+    if list(trained) != list(data):
+        where = f" {ckpt_path}" if ckpt_path else ""
+        raise ValueError(
+            f"The checkpoint{where} was trained on the classes {list(trained)} but the data has "
+            f"{list(data)}. Use data with the same classes in the same order (set data.class_names: "
+            f"{list(trained)}), or train a new model on these classes."
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,10 +14,13 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medfusion.callbacks import Evaluation, Explanations, MetricsJSON, PredictionWriter, ValidationPredictions
 from medfusion.data import MultimodalDataModule
+from medfusion.data.transforms import eval_transform
 from medfusion.models import ClassifierModule
+from medfusion.resume import AtomicCheckpointIO, resolve_resume
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -74,6 +78,15 @@ def name_wandb_runs(config: Namespace) -> None:
             logger.init_args["tags"] = existing + [t for t in tags if t not in existing]
 
 
+def use_checkpoint_data(config: Namespace) -> None:
+    """``validate|test|predict --ckpt_path FILE``: the data takes the class names and tokenizer from that file
+    (``data.from_checkpoint``), so no training data is needed and nothing is retrained differently."""
+    ckpt = config.get("ckpt_path")
+    init = getattr(config.data, "init_args", None)
+    if ckpt and ckpt not in ("best", "last") and init is not None and init.get("from_checkpoint", False) is None:
+        init["from_checkpoint"] = ckpt
+
+
 class MedfusionCLI(LightningCLI):
     """LightningCLI with the datamodule's class info linked into the model and result files written."""
 
@@ -90,7 +103,19 @@ class MedfusionCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        name_wandb_runs(self.config[self.subcommand] if self.subcommand else self.config)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        name_wandb_runs(config)
+        if self.subcommand == "fit":
+            resolve_resume(config)
+        elif self.subcommand in ("validate", "test", "predict"):
+            use_checkpoint_data(config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The configured trainer, with atomic checkpoint writes (unless the config names its own checkpoint IO)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
@@ -136,7 +161,7 @@ def explain_main(argv: Sequence[str]) -> None:
         MultimodalDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=list(rest),
+        args=[*rest, f"--data.from_checkpoint={args.ckpt_path}"],
         run=False,
         save_config_callback=None,
         auto_configure_optimizers=False,
@@ -163,7 +188,10 @@ def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, nu
         dataset = datamodule.datasets["test"]
         return [dataset[i] for i in range(min(num_samples, len(dataset)))]
     where: dict[str, tuple[Any, int]] = {}
-    for dataset in reversed(list(datamodule.datasets.values())):  # earlier splits win
+    for name, dataset in reversed(list(datamodule.datasets.items())):  # earlier splits win
+        if name == "train":  # as the model sees it at test time, without random augmentation
+            dataset = copy.copy(dataset)
+            dataset.transform = eval_transform(datamodule.image_size, datamodule.mean, datamodule.std)
         where.update({sample_id: (dataset, i) for i, sample_id in enumerate(dataset.ids)})
     missing = [i for i in ids if i not in where]
     if missing:

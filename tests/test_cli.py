@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from medfusion.cli import main
+from medfusion.cli import find_samples, main
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 pytestmark = pytest.mark.slow
@@ -146,6 +147,9 @@ def test_explain_writes_one_figure_per_id(fitted, capsys) -> None:
     out = root / "explained"
     main(["explain", *args, f"--ckpt_path={best}", "--ids", *ids, f"--out_dir={out}"])
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in ids)
+    model, data = _model_and_data(args, best)
+    twice = [data.collate(find_samples(data, ids, 0))["image"] for _ in range(2)]
+    assert torch.equal(*twice)  # training samples too are shown without random augmentation
     printed = capsys.readouterr().out
     assert all(f"{i}: true " in printed for i in ids)
     with pytest.raises(KeyError, match="NOT_AN_ID"):
@@ -160,29 +164,44 @@ def run_cli(args: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def test_ddp_validation_metrics_equal_single_process(fitted) -> None:
-    """2 CPU processes see disjoint halves of the 21 validation samples (no padded duplicates),
-    and the gathered metrics equal those of one process on the whole set."""
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_ddp_metrics_equal_single_process(fitted, command: str) -> None:
+    """2 CPU processes see disjoint parts of the 21 validation / 18 test samples (no padded duplicates), and
+    the gathered metrics (bootstrap intervals included) equal those of one process on the whole set."""
     root, args, run = fitted
     best = str(next((run / "checkpoints").glob("best-*.ckpt")))
-    single_root, ddp_root = root / "single", root / "ddp"
-    run_cli(["validate", *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={single_root}"], root)
-    run_cli(
-        [
-            "validate",
-            *args,
-            f"--ckpt_path={best}",
-            f"--trainer.logger.init_args.save_dir={ddp_root}",
-            "--trainer.strategy=ddp",
-            "--trainer.devices=2",
-            "--trainer.accelerator=cpu",
-        ],
-        root,
-    )
+    single_root, ddp_root = root / f"single_{command}", root / f"ddp_{command}"
+    run_cli([command, *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={single_root}"], root)
+    run_cli([command, *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={ddp_root}", *DDP], root)
     single = read_metrics(single_root / "demo" / "version_0")
     ddp = read_metrics(ddp_root / "demo" / "version_0")
-    assert set(single) >= {"val/acc", "val/macro_f1", "val/macro_auroc"}
+    prefix = "val/" if command == "validate" else "test/"
+    assert set(single) >= {f"{prefix}acc", f"{prefix}macro_f1", f"{prefix}macro_auroc"}
     assert ddp == pytest.approx(single, abs=1e-6)
+    if command == "test":  # rank zero wrote the files, from all ranks' samples
+        matrix = ddp_root / "demo" / "version_0" / "evaluation" / "test_confusion_matrix.csv"
+        assert sum(int(x) for row in list(csv.reader(matrix.open()))[1:] for x in row[1:]) == 18
+
+
+def test_ddp_predict_writes_every_id_once(fitted) -> None:
+    root, args, run = fitted
+    best = str(next((run / "checkpoints").glob("best-*.ckpt")))
+    out = root / "ddp_predict"
+    run_cli(["predict", *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={out}", *DDP], root)
+    single = root / "single_predict"
+    run_cli(["predict", *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={single}"], root)
+    ddp_rows = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
+    single_rows = list(csv.DictReader((single / "demo" / "version_0" / "predictions.csv").open()))
+    assert len(ddp_rows) == len({r["id"] for r in ddp_rows}) == len(single_rows) == 18
+    by_id = {r["id"]: r for r in single_rows}
+    for row in ddp_rows:
+        assert row["prediction"] == by_id[row["id"]]["prediction"]
+        for key in row:
+            if key.startswith("prob_"):
+                assert float(row[key]) == pytest.approx(float(by_id[row["id"]][key]), abs=1e-5)
 
 
 def test_demo_data_command(tmp_path) -> None:
@@ -191,3 +210,81 @@ def test_demo_data_command(tmp_path) -> None:
     texts = json.loads((tmp_path / "demo" / "reports.json").read_text())
     assert len(rows) == 30 and set(texts) == {r["image_id"] for r in rows}
     assert all((tmp_path / "demo" / "images" / f"{r['image_id']}.png").is_file() for r in rows)
+
+
+def test_checkpoint_carries_class_names_and_tokenizer_and_loads_weights_only(fitted) -> None:
+    _, _, run = fitted
+    checkpoint = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    carried = checkpoint["medfusion"]
+    assert carried["class_names"] == ["akiec", "bcc", "bkl", "df", "mel", "nv"]
+    assert '"WordPiece"' in carried["tokenizer"]["json"] and carried["tokenizer"]["special_tokens"]["pad_token"]
+
+
+def test_predict_needs_no_training_data(fitted) -> None:
+    """A new site's CSV, images and reports in their own folder; the model's classes and tokenizer come from the
+    checkpoint, and the predictions equal those made with the training data at hand."""
+    root, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    source = root / "data"
+    rows = list(csv.DictReader((source / "metadata.csv").open()))[:12]
+    new = root / "new_site"
+    (new / "images").mkdir(parents=True)
+    reports = json.loads((source / "reports.json").read_text())
+    for row in rows:
+        image = next((source / "images").rglob(f"{row['image_id']}.*"))
+        (new / "images" / image.name).write_bytes(image.read_bytes())
+    (new / "cases.csv").write_text("image_id\n" + "".join(f"{r['image_id']}\n" for r in rows))
+    (new / "reports.json").write_text(json.dumps({r["image_id"]: reports[r["image_id"]] for r in rows}))
+    model_args = [a for a in args if not a.startswith("--data.")]
+    out = root / "new_site_runs"
+    main(
+        [
+            "predict",
+            *model_args,
+            f"--ckpt_path={best}",
+            "--data=medfusion.data.MultimodalDataModule",
+            f"--data.predict_csv={new / 'cases.csv'}",
+            f"--data.image_dir={new / 'images'}",
+            f"--data.text_json={new / 'reports.json'}",
+            "--data.image_size=32",
+            "--data.batch_size=16",
+            f"--trainer.logger.init_args.save_dir={out}",
+        ]
+    )
+    predicted = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
+    assert [r["id"] for r in predicted] == [r["image_id"] for r in rows]
+    model, data = _model_and_data(args, best)
+    with torch.no_grad():
+        batch = data.collate(find_samples(data, [r["image_id"] for r in rows], 0))
+        expected = model.eval().predict_logits(batch).softmax(-1)
+    for row, probs in zip(predicted, expected, strict=True):
+        assert float(row["prob_akiec"]) == pytest.approx(float(probs[0]), abs=1e-5)
+
+
+def _model_and_data(args: list[str], ckpt: Path):
+    """The fitted model and the demo data (all splits set up), built from the same config as the CLI."""
+    from medfusion.checkpoints import load_weights
+    from medfusion.cli import MedfusionCLI
+    from medfusion.data import MultimodalDataModule
+    from medfusion.models import ClassifierModule
+
+    cli = MedfusionCLI(
+        ClassifierModule,
+        MultimodalDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args),
+        run=False,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+    )
+    load_weights(cli.model, ckpt)
+    cli.datamodule.setup(None)
+    return cli.model, cli.datamodule
+
+
+def test_a_checkpoint_of_other_classes_is_refused_naming_both(fitted) -> None:
+    _, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    with pytest.raises(ValueError, match=r"trained on the classes \['akiec', .*'nv'\] but the data has \['nv', 'mel'"):
+        main(["test", *args, f"--ckpt_path={best}", "--data.class_names=[nv, mel, bkl, bcc, akiec, df]"])

@@ -131,7 +131,8 @@ class Evaluation(Callback):
         )
 
     def _collect(self, dataloader_idx: int) -> dict[str, Any] | None:
-        """This test set's outputs from every rank, each id once, in first-seen order."""
+        """This test set's outputs from every rank, each id once, sorted by id (so that the bootstrap and the
+        embedding map do not depend on how samples were split across processes)."""
         parts = gather_objects(self._outputs.get(dataloader_idx, []))
         seen: set[str] = set()
         ids: list[str] = []
@@ -144,7 +145,9 @@ class Evaluation(Callback):
         if not ids:
             return None
         keys = ["label", "probs", "features"] if self.embedding_map else ["label", "probs"]
-        return {"id": ids, **{key: torch.cat([batch[key][rows] for batch, rows in picked]) for key in keys}}
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        data = {key: torch.cat([batch[key][rows] for batch, rows in picked])[order] for key in keys}
+        return {"id": [ids[i] for i in order], **data}
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out_dir = run_dir(trainer) / self.output_dir  # a collective: every rank asks

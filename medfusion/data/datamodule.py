@@ -12,12 +12,14 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from medfusion.data.dataset import Collate, MultimodalDataset
+from medfusion.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state
+from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
 from medfusion.data.demo import default_cache_dir, ensure_demo_data
 from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex, verify_images
+from medfusion.data.loaders import EpochSeededLoader
 from medfusion.data.samplers import DistributedWeightedSampler, class_balanced_weights
 from medfusion.data.splits import (
     check_groups_disjoint,
@@ -29,6 +31,7 @@ from medfusion.data.table import Records, infer_class_names, label_indices, read
 from medfusion.data.texts import read_text_json
 from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from medfusion.resume import epoch_seed
 
 Modality = Literal["image", "text"]
 SamplerKind = Literal["shuffle", "balanced"]
@@ -49,7 +52,9 @@ class MultimodalDataModule(L.LightningDataModule):
     Everything is read and validated when the module is built (bad input fails once, naming
     the file, rows and fix), so ``num_classes``, ``class_names``, ``class_counts`` and
     ``vocab_size`` can be linked into the model by the CLI. Image decoding is checked in
-    :meth:`setup`.
+    :meth:`setup`. ``data_report`` holds counts the run logs (``truncated_texts/<set>`` and, with
+    ``allow_missing``, ``missing_images/<set>``, ``missing_texts/<set>``; sets: train, val, test, test_<name>,
+    predict), filled as the datasets are built.
 
     Args:
         csv_path: one row per sample with an id and a label column.
@@ -66,22 +71,39 @@ class MultimodalDataModule(L.LightningDataModule):
         group_column: patient or lesion id; a group never spans two splits.
         class_names: the classes and their order; default: labels found in the CSV, sorted.
         modalities: which inputs to load: ``["image", "text"]``, ``["image"]`` or ``["text"]``.
+        allow_missing: modalities a sample may lack (default none: a sample without one is an error). An image is
+            missing when its ``image_column`` cell is empty (a path to no file stays an error); a text when the
+            JSON has no entry for the id or the text (or text column cell) is empty. Batches mark them in
+            ``image_present``/``text_present``; a sample with neither is an error. Needs a model that handles
+            absent inputs (``MultimodalClassifier``).
         val_ratio: fraction of groups for validation when there is no split column.
         test_ratio: fraction of groups for testing when there is no split column.
         seed: seed of the random split.
         test_sets: external test sets by name, each tested on its own (metrics ``test_<name>/...``).
+        robustness: add two test sets built from the internal test split, ``no_text`` and ``no_image``, in which
+            that modality is absent for every sample (metrics ``test_no_text/...``, ``test_no_image/...``).
+            Needs both modalities.
         predict_csv: rows to predict (labels optional); default: the test split.
         image_size: side of the square model input.
         augment: random crops, flips and colour jitter in training.
         mean: normalisation mean (ImageNet by default, as timm's pretrained weights expect).
         std: normalisation std.
         verify_images: decode-check every image file in :meth:`setup`.
+        on_bad_image: an image that fails to decode while batches are loaded (corrupted after the check, or
+            ``verify_images: false``): ``"raise"`` a :class:`DataError` naming the file and CSV line, or ``"skip"``:
+            replace the sample by the next one that loads, warn naming the file once, and count the replacements
+            in the batches' ``replaced`` (logged as ``train/skipped_images``, ``val/skipped_images``,
+            ``test/skipped_images`` sums per epoch); a :class:`DataError` if no image of the set loads.
         tokenizer: ``"wordpiece"`` (trained on the training texts, offline) or a hub name / local
             path of a pretrained tokenizer (use the text encoder's).
         vocab_size: target size of the trained WordPiece vocabulary.
-        max_length: texts are truncated to this many tokens (the count is reported).
+        max_length: texts are truncated to this many tokens (the count is warned and in ``data_report``).
         batch_size: samples per batch (per process under DDP).
         num_workers: DataLoader worker processes.
+        from_checkpoint: a trained model's checkpoint: its class names (and order) and text tokenizer are used
+            instead of being inferred and retrained, so ``test``/``predict`` need no training data (leave
+            ``csv_path`` unset and give ``predict_csv`` or ``test_sets``); labels outside its classes are errors.
+            ``medfusion test|predict --ckpt_path`` sets it to that checkpoint.
         sampler: training order: ``"shuffle"`` (each sample once per epoch) or ``"balanced"`` (as many
             draws per epoch as training samples, with replacement, each class equally likely; seeded by
             ``seed`` and the epoch; DDP ranks share one draw). Do not combine ``"balanced"`` with a
@@ -90,7 +112,7 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        csv_path: str,
+        csv_path: str | None = None,
         image_dir: str | None = None,
         text_json: str | None = None,
         text_column: str | None = None,
@@ -102,22 +124,26 @@ class MultimodalDataModule(L.LightningDataModule):
         group_column: str | None = None,
         class_names: list[str] | None = None,
         modalities: list[Modality] | None = None,
+        allow_missing: list[Modality] | None = None,
         val_ratio: float = 0.15,
         test_ratio: float = 0.15,
         seed: int = 42,
         test_sets: dict[str, TestSet] | None = None,
+        robustness: bool = False,
         predict_csv: str | None = None,
         image_size: int = 224,
         augment: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         verify_images: bool = True,
+        on_bad_image: BadImagePolicy = "raise",
         tokenizer: str = WORDPIECE,
         vocab_size: int = 2000,
         max_length: int = 128,
         batch_size: int = 32,
         num_workers: int = 0,
         sampler: SamplerKind = "shuffle",
+        from_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if sampler not in ("shuffle", "balanced"):
@@ -128,6 +154,9 @@ class MultimodalDataModule(L.LightningDataModule):
         self.val_ratio, self.test_ratio, self.seed = val_ratio, test_ratio, seed
         self.image_size, self.augment, self.mean, self.std = image_size, augment, mean, std
         self.verify_images, self.max_length = verify_images, max_length
+        if on_bad_image not in ("raise", "skip"):
+            raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
         self.batch_size, self.num_workers = batch_size, num_workers
         self.modalities = list(modalities or ["image", "text"])
         if not self.modalities or set(self.modalities) - {"image", "text"}:
@@ -136,43 +165,94 @@ class MultimodalDataModule(L.LightningDataModule):
             raise DataError("Images are used but data.image_dir is not set. Fix: set it, or use modalities: [text].")
         self.uses_image = "image" in self.modalities
         self.uses_text = "text" in self.modalities
+        self.allow_missing = list(allow_missing or [])
+        if set(self.allow_missing) - set(self.modalities):
+            raise ValueError(f"allow_missing {allow_missing} must be a subset of modalities {self.modalities}")
+        if "image" in self.allow_missing and image_column is None:
+            raise DataError(
+                "data.allow_missing includes 'image', but images are found by id: only an empty "
+                "data.image_column cell marks a sample without an image. "
+                "Fix: set data.image_column, or drop 'image' from data.allow_missing."
+            )
+        if robustness and set(self.modalities) != {"image", "text"}:
+            raise ValueError("robustness (no_text and no_image test sets) needs modalities: [image, text]")
+        self.data_report: dict[str, int] = {}
 
-        records = self._table = self._read(
-            csv_path, image_dir, text_json, split_column=split_column, group_column=group_column
-        )
-        self.class_names: list[str] = list(class_names) if class_names else infer_class_names(records.labels)
-        labels = label_indices(records, self.class_names)
-        splits = self._assign_splits(records)
-        self._records = {
-            s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in ("train", "val", "test")
-        }
-        self._labels = {s: [labels[r] for r, x in enumerate(splits) if x == s] for s in ("train", "val", "test")}
-
-        counts = Counter(self._labels["train"])
-        self.class_counts: list[int] = [counts.get(i, 0) for i in range(self.num_classes)]
-        empty = [self.class_names[i] for i, c in enumerate(self.class_counts) if c == 0]
-        if empty:
-            raise DataError(f"Classes {empty} have no training rows in {csv_path}. Fix: add rows or drop the classes.")
-
-        self.test_set_names = ["test"]
-        self._test_records = [self._records["test"]]
-        self._test_labels = [self._labels["test"]]
+        trained = read_checkpoint(from_checkpoint).get("medfusion") if from_checkpoint else None
+        if from_checkpoint and trained is None:
+            raise DataError(f"{from_checkpoint} holds no class names or tokenizer (written before medfusion 0.1)")
+        if csv_path is None and trained is None:
+            raise DataError("data.csv_path is not set. Fix: set it, or set data.from_checkpoint to a trained model.")
+        if csv_path is None and not (predict_csv or test_sets):
+            raise DataError("Without data.csv_path there is nothing to read. Fix: set data.predict_csv or test_sets.")
+        self.class_names: list[str] = list(trained["class_names"]) if trained else list(class_names or [])
+        if trained and class_names:
+            check_class_names(trained["class_names"], class_names, from_checkpoint)
+        self._table: Records | None = None
+        empty_split = Records(Path(csv_path or "none"), [], [], None, None, None, None, [])
+        self._records: dict[str, Records] = dict.fromkeys(("train", "val", "test"), empty_split)
+        self._labels: dict[str, list[int]] = {s: [] for s in ("train", "val", "test")}
+        self.test_set_names: list[str] = []
+        self._test_records: list[Records] = []
+        self._test_labels: list[list[int]] = []
+        self.class_counts: list[int] | None = trained["class_counts"] if trained else None
+        if csv_path is not None:
+            self._read_training_csv(csv_path, image_dir, text_json, split_column, group_column, trained is not None)
         for name, spec in (test_sets or {}).items():
             ext = self._read(spec.csv_path, spec.image_dir or image_dir, spec.text_json or text_json)
             self.test_set_names.append(name)
             self._test_records.append(ext)
             self._test_labels.append(label_indices(ext, self.class_names))
+        self.robustness_sets = ["no_text", "no_image"] if robustness else []
+        taken = [n for n in self.robustness_sets if n in self.test_set_names]
+        if taken:
+            raise ValueError(f"test_sets {taken} clash with the robustness test sets: rename them")
+        self.test_set_names += self.robustness_sets
         self._predict_records = (
             self._read(predict_csv, image_dir, text_json, labels_required=False) if predict_csv else None
         )
 
         self.tokenizer = None
         self.vocab_size: int | None = None
-        if self.uses_text:
-            self.tokenizer = build_tokenizer(tokenizer, self._records["train"].texts, vocab_size)
+        if self.uses_text and trained and trained.get("tokenizer"):
+            self.tokenizer = tokenizer_from_state(trained["tokenizer"])  # exactly the model's, retrained on nothing
+        elif self.uses_text:
+            texts = [t for t in (self._records["train"].texts or []) if t is not None]
+            self.tokenizer = build_tokenizer(tokenizer, texts, vocab_size)
+        if self.tokenizer is not None:
             self.vocab_size = len(self.tokenizer)
         self._verified = False
         self.datasets: dict[str, Dataset] = {}
+
+    def _read_training_csv(
+        self,
+        csv_path: str,
+        image_dir: str | None,
+        text_json: str | None,
+        split_column: str | None,
+        group_column: str | None,
+        classes_from_checkpoint: bool,
+    ) -> None:
+        """Read the main CSV into train/val/test splits (class names inferred unless already known)."""
+        records = self._table = self._read(
+            csv_path, image_dir, text_json, split_column=split_column, group_column=group_column
+        )
+        if not self.class_names:
+            self.class_names = infer_class_names(records.labels)
+        labels = label_indices(records, self.class_names)
+        splits = self._assign_splits(records)
+        self._records = {
+            s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in ("train", "val", "test")
+        }
+        self._labels = {s: [labels[r] for r, x in enumerate(splits) if x == s] for s in ("train", "val", "test")}
+        counts = Counter(self._labels["train"])
+        self.class_counts = [counts.get(i, 0) for i in range(self.num_classes)]
+        empty = [self.class_names[i] for i, c in enumerate(self.class_counts) if c == 0]
+        if empty and not classes_from_checkpoint:
+            raise DataError(f"Classes {empty} have no training rows in {csv_path}. Fix: add rows or drop the classes.")
+        self.test_set_names = ["test"]
+        self._test_records = [self._records["test"]]
+        self._test_labels = [self._labels["test"]]
 
     @property
     def num_classes(self) -> int:
@@ -203,6 +283,7 @@ class MultimodalDataModule(L.LightningDataModule):
             text_template=self.text_template if self.uses_text else None,
             split_column=split_column,
             group_column=group_column,
+            allow_missing=self.allow_missing,
         )
 
     def _assign_splits(self, records: Records) -> list[str]:
@@ -218,26 +299,39 @@ class MultimodalDataModule(L.LightningDataModule):
         return splits
 
     # ----------------------------------------------------------------------------- datasets
-    def _tokenize(self, texts: Sequence[str], source: str) -> list[list[int]]:
-        if not texts:  # an empty split (no test rows in the split column, val_ratio=0): the tokenizer fails on []
-            return []
-        ids = self.tokenizer(list(texts))["input_ids"]
+    def _tokenize(self, texts: Sequence[str | None], name: str, source: str) -> list[list[int] | None]:
+        """Token ids per text (None stays None); counts the truncated ones in ``data_report``."""
+        present = [t for t in texts if t is not None]
+        ids = iter(self.tokenizer(present)["input_ids"] if present else [])  # the tokenizer fails on []
+        tokens = [None if t is None else next(ids) for t in texts]
         limit = self.max_length
-        truncated = sum(len(x) > limit for x in ids)
+        truncated = sum(len(x) > limit for x in tokens if x is not None)
+        self.data_report[f"truncated_texts/{name}"] = truncated
         if truncated:
-            rank_zero_warn(f"{truncated} of {len(ids)} texts in {source} exceed max_length={limit} and were truncated")
-            ids = self.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
-        return ids
+            rank_zero_warn(
+                f"{truncated} of {len(present)} texts in {source} exceed max_length={limit} and were truncated"
+            )
+            ids = iter(self.tokenizer(present, truncation=True, max_length=limit)["input_ids"])
+            tokens = [None if t is None else next(ids) for t in texts]
+        return tokens
 
-    def _dataset(self, records: Records, labels: Sequence[int], train: bool) -> MultimodalDataset:
+    def _dataset(self, records: Records, labels: Sequence[int], name: str) -> MultimodalDataset:
+        train = name == "train"
         make_transform = train_transform if train and self.augment else eval_transform
+        if "image" in self.allow_missing:
+            self.data_report[f"missing_images/{name}"] = sum(p is None for p in records.image_paths)
+        if "text" in self.allow_missing:
+            self.data_report[f"missing_texts/{name}"] = sum(t is None for t in records.texts)
         return MultimodalDataset(
             ids=records.ids,
             labels=labels,
             image_paths=records.image_paths if self.uses_image else None,
-            token_ids=self._tokenize(records.texts, str(records.csv_path)) if self.uses_text else None,
+            token_ids=self._tokenize(records.texts, name, str(records.csv_path)) if self.uses_text else None,
             transform=make_transform(self.image_size, self.mean, self.std),
             texts=records.texts if self.uses_text else None,
+            csv_path=records.csv_path,
+            rows=records.rows,
+            on_bad_image=self.on_bad_image,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -248,45 +342,69 @@ class MultimodalDataModule(L.LightningDataModule):
                     verify_images(records.image_paths, records.csv_path)
             self._verified = True
         if stage in ("fit", None) and "train" not in self.datasets:
-            self.datasets["train"] = self._dataset(self._records["train"], self._labels["train"], train=True)
+            self.datasets["train"] = self._dataset(self._records["train"], self._labels["train"], "train")
         if stage in ("fit", "validate", None) and "val" not in self.datasets:
-            self.datasets["val"] = self._dataset(self._records["val"], self._labels["val"], train=False)
+            self.datasets["val"] = self._dataset(self._records["val"], self._labels["val"], "val")
         if stage in ("test", None) and "test" not in self.datasets:
-            for name, records, labels in zip(self.test_set_names, self._test_records, self._test_labels, strict=True):
-                self.datasets[name if name == "test" else f"test_{name}"] = self._dataset(records, labels, train=False)
+            read = self.test_set_names[: len(self._test_records)]  # the robustness sets come after these
+            for name, records, labels in zip(read, self._test_records, self._test_labels, strict=True):
+                key = name if name == "test" else f"test_{name}"
+                self.datasets[key] = self._dataset(records, labels, key)
+            for name in self.robustness_sets:
+                self.datasets[f"test_{name}"] = self.datasets["test"].without(name.removeprefix("no_"))
+        if stage in ("fit", "validate") and self._table is None:
+            raise DataError(f"'{stage}' needs the training CSV. Fix: set data.csv_path.")
         if stage in ("predict", None) and "predict" not in self.datasets:
             records = self._predict_records or self._records["test"]
             unlabelled = [-1] * len(records.ids)
-            self.datasets["predict"] = self._dataset(records, unlabelled, train=False)
+            self.datasets["predict"] = self._dataset(records, unlabelled, "predict")
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         sampler = None
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if train and self.sampler == "balanced":
             # A DistributedSampler subclass: under DDP, Lightning keeps it instead of substituting its own.
             weights = class_balanced_weights(self._labels["train"])
             sampler = DistributedWeightedSampler(weights, seed=self.seed)
-        elif not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        elif train and distributed:
+            # Our own, so that the loader sets its epoch before the first draw (Lightning's is set after).
+            sampler = DistributedSampler(dataset, shuffle=True, seed=epoch_seed(0))
+        elif not train and distributed:
             # The default DistributedSampler pads with duplicates, which biases evaluation metrics.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
+        # epochs whose batches are done: the coming epoch (Lightning resumes from a train-epoch-end checkpoint
+        # with current_epoch one behind until its loop starts; a validation-end one restores the loader's state)
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if train and self.trainer is not None else 0
+        loader, options = (EpochSeededLoader, {"epoch": epoch}) if train else (DataLoader, {})
+        return loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not train,  # fresh workers: seeded per epoch
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate,
+            **options,
         )
 
     @property
     def collate(self) -> Collate:
-        """The batch collate function (pads token ids with the tokenizer's pad id)."""
-        return Collate(self.tokenizer.pad_token_id if self.tokenizer is not None else 0)
+        """The batch collate function: pads token ids with the tokenizer's pad id; an absent text becomes the
+        tokenizer's encoding of ``""`` (e.g. ``[CLS] [SEP]``), an absent image zeros of the model input size."""
+        if self.tokenizer is None:
+            return Collate(0, image_shape=(3, self.image_size, self.image_size))
+        return Collate(
+            self.tokenizer.pad_token_id,
+            missing_text_ids=tuple(self.tokenizer("")["input_ids"]),
+            image_shape=(3, self.image_size, self.image_size),
+        )
 
     def train_dataloader(self) -> DataLoader:
+        """An :class:`EpochSeededLoader`: each epoch's order, augmentation and dropout are reseeded from the run's
+        seed and the epoch, and its epoch counter travels in checkpoints, so a resumed run repeats them exactly."""
         return self._loader(self.datasets["train"], train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -36,6 +36,27 @@ def _row_start_lines(file: str | Path) -> list[int] | None:
     return starts[1:]  # the first non-blank record is the header
 
 
+def row_line(file: str | Path, row: int) -> int:
+    """The line of ``file`` on which 0-based data row ``row`` starts (blank lines and multi-line fields counted)."""
+    starts = _row_start_lines(file)
+    return starts[row] if starts is not None and row < len(starts) else csv_line(row)
+
+
+def not_utf8(file: str | Path, what: str) -> DataError:
+    """The error for a file that is not UTF-8, naming the line of its first undecodable byte."""
+    data = Path(file).read_bytes()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        where = f" (line {line}: byte 0x{data[err.start]:02x})"
+    return DataError(
+        f"{what} {file} is not UTF-8{where}. Fix: re-save it as UTF-8 "
+        "(a spreadsheet's 'CSV UTF-8' export, or encoding='utf-8' in code)."
+    )
+
+
 def raise_for_rows(
     problem: str, file: str | Path, rows: Sequence[int], details: Sequence[str], fix: str, limit: int = 10
 ) -> None:

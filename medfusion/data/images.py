@@ -7,11 +7,13 @@ import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from medfusion.data.errors import DataError, raise_for_rows
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# What PIL raises for a file it cannot decode (UnidentifiedImageError and truncated data are OSErrors).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 class ImageIndex:
@@ -54,17 +56,18 @@ class ImageIndex:
         key = posixpath.normpath(key)  # "./a.png", "sub/../a.png"
         return self._by_key.get(key) or self._by_stem.get(key) or self._by_name.get(key)
 
-    def resolve_all(self, keys: Sequence[str], csv_path: str | Path) -> list[Path]:
-        """Paths for every key, or one :class:`DataError` listing every missing or escaping row."""
-        paths: list[Path] = []
+    def resolve_all(self, keys: Sequence[str | None], csv_path: str | Path) -> list[Path | None]:
+        """Paths for every key (None for a None key: no image), or one :class:`DataError` listing every
+        missing or escaping row."""
+        paths: list[Path | None] = []
         escaping: list[int] = []
         missing: list[int] = []
         for row, key in enumerate(keys):
-            if self.escapes(key):
+            if key is None:
+                paths.append(None)
+            elif self.escapes(key):
                 escaping.append(row)
-                continue
-            path = self.find(key)
-            if path is None:
+            elif (path := self.find(key)) is None:
                 missing.append(row)
             else:
                 paths.append(path)
@@ -98,11 +101,13 @@ def _ends_with_jpeg_eoi(path: Path) -> bool:
         return f.read().rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-def verify_images(paths: Sequence[Path], csv_path: str | Path) -> None:
-    """Raise one :class:`DataError` naming every file that cannot be decoded."""
+def verify_images(paths: Sequence[Path | None], csv_path: str | Path) -> None:
+    """Raise one :class:`DataError` naming every file that cannot be decoded (None: no image, skipped)."""
     bad: list[int] = []
     reasons: list[str] = []
     for row, path in enumerate(paths):
+        if path is None:
+            continue
         try:
             with Image.open(path) as image:
                 kind = image.format
@@ -110,7 +115,7 @@ def verify_images(paths: Sequence[Path], csv_path: str | Path) -> None:
             if kind == "JPEG" and not _ends_with_jpeg_eoi(path):
                 with Image.open(path) as image:
                     image.load()  # truncated (fails here, not mid-epoch) or just trailing bytes (fine)?
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as err:
+        except DECODE_ERRORS as err:
             bad.append(row)
             reasons.append(f"{path}: {err}")
     raise_for_rows(

@@ -5,28 +5,31 @@ from __future__ import annotations
 import csv
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from medfusion.data.errors import DataError, raise_for_rows
+from medfusion.data.errors import DataError, not_utf8, raise_for_rows
 from medfusion.data.images import ImageIndex
 from medfusion.data.texts import collect_texts
 
 
 @dataclass
 class Records:
-    """Validated samples of one CSV, row-aligned. ``labels`` are class names (None where unlabelled)."""
+    """Validated samples of one CSV, row-aligned. ``labels`` are class names (None where unlabelled); an
+    ``image_paths``/``texts`` entry is None where that sample has no image/text (``allow_missing``);
+    ``rows`` are the 0-based data rows of the CSV (for error messages)."""
 
     csv_path: Path
     ids: list[str]
     labels: list[str | None]
-    image_paths: list[Path] | None
-    texts: list[str] | None
+    image_paths: list[Path | None] | None
+    texts: list[str | None] | None
     splits: list[str] | None
     groups: list[str] | None
+    rows: list[int]
 
     def subset(self, rows: Sequence[int]) -> Records:
         def pick(values: list | None) -> list | None:
@@ -40,6 +43,7 @@ class Records:
             pick(self.texts),
             pick(self.splits),
             pick(self.groups),
+            pick(self.rows),
         )
 
 
@@ -62,7 +66,9 @@ def read_csv(csv_path: str | Path, required: Sequence[str], as_text: Sequence[st
         line = _first_overlong_line(path)
         where = f"line {line} has" if line else "some rows have"
         raise DataError(f"Malformed CSV {path}: {where} more fields than the header (line 1). {fix}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise not_utf8(path, "CSV file") from None
+    except pd.errors.ParserError as err:
         # pandas counts "rows" from 0 (header = row 0); report 1-based lines like every other message.
         message = re.sub(r"starting at row (\d+)", lambda m: f"starting on line {int(m[1]) + 1}", str(err).strip())
         raise DataError(f"Malformed CSV {path}: {message}. {fix}") from None
@@ -88,11 +94,17 @@ def _first_overlong_line(path: Path) -> int | None:
     return None
 
 
-def _column_values(table: pd.DataFrame, column: str, csv_path: Path, what: str) -> list[str]:
-    values = table[column]
-    blank = [r for r, v in enumerate(values) if pd.isna(v) or not str(v).strip()]
-    raise_for_rows(f"Empty {what} values", csv_path, blank, [f"column {column!r}"] * len(blank), f"fill in {column}.")
-    return [str(v).strip() for v in values]
+def _column_values(table: pd.DataFrame, column: str, csv_path: Path, what: str, fix: str = "") -> list[str]:
+    values = _optional_values(table, column)
+    blank = [r for r, v in enumerate(values) if v is None]
+    details = [f"column {column!r}"] * len(blank)
+    raise_for_rows(f"Empty {what} values", csv_path, blank, details, f"fill in {column}{fix}.")
+    return values  # type: ignore[return-value]
+
+
+def _optional_values(table: pd.DataFrame, column: str) -> list[str | None]:
+    """Stripped values of ``column``; None for an empty cell."""
+    return [None if pd.isna(v) or not str(v).strip() else str(v).strip() for v in table[column]]
 
 
 def read_records(
@@ -109,10 +121,13 @@ def read_records(
     text_template: str | None = None,
     split_column: str | None = None,
     group_column: str | None = None,
+    allow_missing: Collection[str] = (),
 ) -> Records:
     """Read and validate one CSV. ``image_index=None`` skips images; no text source skips texts.
 
     With ``labels_required=False`` (prediction CSVs) a missing label column gives unlabelled records.
+    ``allow_missing`` (``"image"``, ``"text"``) lets an empty ``image_column`` cell or a missing text mark a
+    sample without that modality (None in the records); a sample without both is still an error.
     """
     csv_path = Path(csv_path).expanduser()
     as_text = [c for c in (id_column, label_column, image_column, split_column, group_column) if c]
@@ -129,7 +144,12 @@ def read_records(
     labels = _column_values(table, label_column, csv_path, "label") if label_column else [None] * len(ids)
     image_paths = None
     if image_index is not None:
-        keys = _column_values(table, image_column, csv_path, "image path") if image_column else ids
+        keys: list[str | None] = list(ids)
+        if image_column and "image" in allow_missing:
+            keys = _optional_values(table, image_column)
+        elif image_column:
+            fix = " (or set data.allow_missing: [image] to keep samples without an image)"
+            keys = list(_column_values(table, image_column, csv_path, "image path", fix))
         image_paths = image_index.resolve_all(keys, csv_path)
     texts = None
     if any(s is not None for s in (json_path, text_column, text_template)):
@@ -141,10 +161,20 @@ def read_records(
             json_path=json_path,
             text_column=text_column,
             text_template=text_template,
+            allow_missing="text" in allow_missing,
+        )
+    if image_paths is not None and texts is not None:
+        empty = [r for r, (p, t) in enumerate(zip(image_paths, texts, strict=True)) if p is None and t is None]
+        raise_for_rows(
+            "Samples with neither an image nor a text",
+            csv_path,
+            empty,
+            [f"id {ids[r]!r}" for r in empty],
+            "give each sample at least one of them, or remove these rows.",
         )
     splits = _column_values(table, split_column, csv_path, "split") if split_column else None
     groups = _column_values(table, group_column, csv_path, "group") if group_column else None
-    return Records(csv_path, ids, labels, image_paths, texts, splits, groups)
+    return Records(csv_path, ids, labels, image_paths, texts, splits, groups, list(range(len(ids))))
 
 
 def infer_class_names(labels: Sequence[str]) -> list[str]:

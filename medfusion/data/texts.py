@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medfusion.data.errors import DataError, raise_for_rows
+from medfusion.data.errors import DataError, not_utf8, raise_for_rows
 
 
 def read_text_json(path: str | Path) -> dict[str, str]:
@@ -22,8 +22,8 @@ def read_text_json(path: str | Path) -> dict[str, str]:
         raise DataError(
             f"Text file {path} does not exist. Fix: set data.text_json to your {{id: text}} file."
         ) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"Text file {path} is not UTF-8 ({err}). Fix: re-save it as UTF-8.") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path, "Text file") from None
     except json.JSONDecodeError as err:
         raise DataError(
             f"Malformed JSON in {path} at line {err.lineno}, column {err.colno}: {err.msg}. "
@@ -70,8 +70,13 @@ def collect_texts(
     json_path: str | Path | None,
     text_column: str | None,
     text_template: str | None,
-) -> list[str]:
-    """One non-empty text per row from exactly one configured source, or a :class:`DataError`."""
+    allow_missing: bool = False,
+) -> list[str | None]:
+    """One text per row from exactly one configured source, or a :class:`DataError`.
+
+    A row without a text (no JSON entry, an empty text or text cell) is an error unless ``allow_missing``,
+    when its text is None. A template always gives a text (its missing fields read ``unknown``).
+    """
     chosen = [s for s in (json_path, text_column, text_template) if s is not None]
     if len(chosen) != 1:
         raise DataError(
@@ -80,27 +85,36 @@ def collect_texts(
             + ". Fix: set exactly one of data.text_json, data.text_column, data.text_template "
             "(or drop 'text' from data.modalities)."
         )
+    allow = " (or set data.allow_missing: [text] to keep samples without a text)"
+    texts: list[str | None]
     if text_json is not None:
-        missing = [r for r, i in enumerate(ids) if i not in text_json]
-        raise_for_rows(
-            f"Ids with no text in {json_path}",
-            csv_path,
-            missing,
-            [f"id {ids[r]!r}" for r in missing],
-            f"add these ids to {json_path}.",
-        )
-        texts = [text_json[i] for i in ids]
+        if not allow_missing:
+            missing = [r for r, i in enumerate(ids) if i not in text_json]
+            raise_for_rows(
+                f"Ids with no text in {json_path}",
+                csv_path,
+                missing,
+                [f"id {ids[r]!r}" for r in missing],
+                f"add these ids to {json_path}{allow}.",
+            )
+        texts = [text_json.get(i) for i in ids]
     elif text_column is not None:
         if text_column not in table.columns:
             raise DataError(
                 f"{csv_path} has no text column {text_column!r} (columns: {list(table.columns)}). "
                 "Fix: set data.text_column to one of them."
             )
-        texts = ["" if pd.isna(v) else str(v) for v in table[text_column]]
+        texts = [None if pd.isna(v) else str(v) for v in table[text_column]]
     else:
         texts = render_template(text_template, table, csv_path)  # type: ignore[arg-type]
-    empty = [r for r, t in enumerate(texts) if not t.strip()]
-    raise_for_rows(
-        "Empty texts", csv_path, empty, [f"id {ids[r]!r}" for r in empty], "give every sample a non-empty text."
-    )
+    texts = [t if t is not None and t.strip() else None for t in texts]
+    if not allow_missing:
+        empty = [r for r, t in enumerate(texts) if t is None]
+        raise_for_rows(
+            "Empty texts",
+            csv_path,
+            empty,
+            [f"id {ids[r]!r}" for r in empty],
+            f"give every sample a non-empty text{allow}.",
+        )
     return texts

@@ -13,7 +13,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from transformers import PreTrainedTokenizerFast
 
+from medfusion.checkpoints import check_class_names, tokenizer_state
 from medfusion.heads import Head, MLPHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
@@ -58,6 +60,11 @@ class ClassifierModule(L.LightningModule):
 
     The ``temperature`` buffer divides the evaluation logits (1 until temperature scaling sets it; see
     :class:`~medfusion.callbacks.Evaluation`).
+
+    Data counts are logged too: the datamodule's ``data_report`` (truncated texts, missing modalities) as
+    ``data/<key>`` to every logger when a fit or test starts, and with ``on_bad_image: skip`` the samples
+    replaced for an unreadable image as ``train/skipped_images``, ``val/skipped_images`` and
+    ``<test prefix>skipped_images`` (sums per epoch).
     """
 
     # Sub-modules on the main path: their extra losses keep their names; others' get the module name as prefix.
@@ -190,10 +197,41 @@ class ClassifierModule(L.LightningModule):
                 encoder.load_pretrained()
             self._pretrained_loaded = True
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what using the model needs besides weights: class names and counts, and the text tokenizer, so
+        that ``test``/``predict`` work without the training data (see ``MultimodalDataModule.from_checkpoint``)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        checkpoint["medfusion"] = {
+            "class_names": list(self.class_names),
+            "class_counts": self.hparams.class_counts,
+            "tokenizer": tokenizer_state(tokenizer) if isinstance(tokenizer, PreTrainedTokenizerFast) else None,
+        }
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other classes (naming both lists); fill buffers newer than the file."""
+        trained = checkpoint.get("medfusion", {}).get("class_names") or checkpoint.get("hyper_parameters", {}).get(
+            "class_names"
+        )
+        if trained is not None:
+            check_class_names(trained, self.class_names, self._trainer.ckpt_path if self._trainer else None)
+        state = checkpoint.get("state_dict")
+        if state is not None and "temperature" not in state:
+            state["temperature"] = torch.ones(())
         self._pretrained_loaded = True
 
+    def log_data_report(self) -> None:
+        """Log the datamodule's ``data_report`` counts (truncated texts, missing modalities) as ``data/<key>`` to
+        every logger, once per fit or test; nothing when the datamodule has no report."""
+        report = getattr(self.trainer.datamodule, "data_report", None)
+        if not report:
+            return
+        metrics = {f"data/{key}": float(value) for key, value in report.items()}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
     def on_fit_start(self) -> None:
+        self.log_data_report()
         if getattr(self.trainer.datamodule, "sampler", None) != "balanced":
             return
         corrections = self.class_aware_corrections()
@@ -205,6 +243,7 @@ class ClassifierModule(L.LightningModule):
             )
 
     def on_test_start(self) -> None:
+        self.log_data_report()
         names = getattr(self.trainer.datamodule, "test_set_names", None) or ["test"]
         loaders = self.trainer.test_dataloaders
         count = len(loaders) if isinstance(loaders, Sequence) else 1
@@ -233,6 +272,7 @@ class ClassifierModule(L.LightningModule):
         for name, value in self.routing_stats().items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size)
         self.train_acc(logits, batch["label"])
+        self.log_skipped_images(batch, "train/")
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=size)
         return loss
@@ -257,6 +297,23 @@ class ClassifierModule(L.LightningModule):
         self.val_metrics.update(logits.float().softmax(-1), batch["label"])
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=size)
         self.log_dict(self.val_metrics, batch_size=size)
+        self.log_skipped_images(batch, "val/")
+
+    def log_skipped_images(self, batch: dict[str, Any], prefix: str) -> None:
+        """Log ``<prefix>skipped_images``, the epoch's sum (over ranks too) of the samples whose unreadable image
+        was replaced (the batch's ``replaced`` count, present with the datamodule's ``on_bad_image: skip``)."""
+        if "replaced" in batch:
+            value = torch.as_tensor(batch["replaced"], dtype=torch.float32, device=self.device)
+            self.log(
+                f"{prefix}skipped_images",
+                value,
+                on_step=False,
+                on_epoch=True,
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=len(batch["label"]),
+                add_dataloader_idx=False,
+            )
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Update the test set's metrics; return ``id``, ``label``, ``probs`` and ``features`` for callbacks."""
@@ -269,6 +326,7 @@ class ClassifierModule(L.LightningModule):
         prefix = self.test_prefixes[dataloader_idx]
         self.log(f"{prefix}loss", loss, batch_size=size, add_dataloader_idx=False)
         self.log_dict(metrics, batch_size=size, add_dataloader_idx=False)
+        self.log_skipped_images(batch, prefix)
         return {"id": batch["id"], "label": batch["label"], "probs": probs, "features": features.detach()}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -290,10 +348,25 @@ class ClassifierModule(L.LightningModule):
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
         if hp.scheduler == "constant":
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, stepping_batches(self.trainer))
         factor = partial(warmup_cosine, warmup=max(1, int(hp.warmup_ratio * total)), total=total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def stepping_batches(trainer: L.Trainer) -> int:
+    """The optimizer steps of the whole fit, as ``Trainer.estimated_stepping_batches`` counts them, but from the
+    training loader's length alone: Lightning's estimate starts iterating the loader before a checkpoint's loader
+    state is restored, which would replay the wrong epoch after ``--ckpt_path`` (see ``EpochSeededLoader``)."""
+    if trainer.max_steps > 0:
+        return trainer.max_steps
+    datamodule = trainer.datamodule
+    if datamodule is None or trainer.max_epochs is None or trainer.max_epochs < 0:
+        return int(trainer.estimated_stepping_batches)
+    batches = len(datamodule.train_dataloader())
+    limit = trainer.limit_train_batches
+    batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+    return math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs
 
 
 def require(batch: dict[str, Any], key: str, model: str) -> Any:
@@ -302,3 +375,17 @@ def require(batch: dict[str, Any], key: str, model: str) -> Any:
         modality = "image" if key == "image" else "text"
         raise KeyError(f"{model} needs batch[{key!r}]: add {modality!r} to data.modalities")
     return batch[key]
+
+
+def require_present(batch: dict[str, Any], modality: str, model: str) -> None:
+    """A clear error when some samples of the batch lack ``modality``, the only input of a single-modality model."""
+    present = batch.get(f"{modality}_present")
+    if present is None or bool(present.all()):
+        return
+    ids = batch.get("id") or list(range(len(present)))
+    absent = [sample_id for sample_id, p in zip(ids, present.tolist(), strict=True) if not p][:5]
+    raise ValueError(
+        f"{model} got samples without {'an image' if modality == 'image' else 'a text'} (ids {absent}...), its "
+        f"only input. Fix: train a MultimodalClassifier (it handles absent modalities), or drop {modality!r} "
+        "from data.allow_missing (and data.robustness off)."
+    )

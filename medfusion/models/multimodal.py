@@ -16,6 +16,7 @@ from medfusion.encoders import Encoded, ImageEncoder, TextEncoder
 from medfusion.fusion import ConcatFusion, Fusion
 from medfusion.losses import clip_loss, disagreement_weight, supcon_loss, symmetric_kl
 from medfusion.models.base import ClassifierModule, require
+from medfusion.models.missing import MissingModality, drop_modalities, masked_mean, present_mask
 
 FusionFactory = Callable[[Any, Any, int], Fusion]
 
@@ -25,6 +26,14 @@ class MultimodalClassifier(ClassifierModule):
 
     The fusion's ``input_kind`` decides what the encoders compute: pooled vectors, token
     sequences with masks, or per-level pooled features.
+
+    Absent modalities (``image_present``/``text_present`` False in the batch, e.g. with the datamodule's
+    ``allow_missing`` or ``robustness``): each encoder runs only on the samples that have its input (not at
+    all when none has), and the others get a learned stand-in (:class:`~medfusion.models.missing.MissingModality`,
+    ``missing_image``/``missing_text``): a pooled vector, for token fusions a single real token, for level
+    fusions one vector per level. Auxiliary heads and the CLIP loss use only the samples that have their
+    modalities. Under DDP, a batch in which a modality is absent for every sample leaves that encoder without
+    gradients: use ``strategy: ddp_find_unused_parameters_true`` when that can happen.
 
     Args:
         image_encoder: builds the image encoder (``ImageEncoder``, any timm model).
@@ -47,6 +56,9 @@ class MultimodalClassifier(ClassifierModule):
         clip_weight: weight of a CLIP loss (Radford et al. 2021) between linear projections of the pooled image
             and text features, with a learnable log-scale initialised at ``log(1/0.07)``; 0 = off.
         projection_dim: output size of the SupCon and CLIP projections.
+        modality_dropout: in training, each sample that has both modalities loses its image or its text (equally
+            likely, never both) with this probability, marked absent so that the learned stand-ins are trained
+            and the model copes with a missing modality at test time; no effect in evaluation. 0 = off.
         **kwargs: see :class:`ClassifierModule` (num_classes, head, loss, lr, ...).
 
     Training logs (unweighted) ``train/loss_image``, ``train/loss_text``, ``train/disagreement`` (mean KL),
@@ -68,9 +80,12 @@ class MultimodalClassifier(ClassifierModule):
         supcon_temperature: float = 0.07,
         clip_weight: float = 0.0,
         projection_dim: int = 128,
+        modality_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
         if disagreement_clip <= 0 or disagreement_warmup_steps < 0:
             raise ValueError(
                 f"need disagreement_clip > 0 and disagreement_warmup_steps >= 0, got "
@@ -96,6 +111,15 @@ class MultimodalClassifier(ClassifierModule):
         }[kind]
         self.fusion = fusion(*dims, fusion_dim)
         self._build_head(self.fusion.out_dim)
+        learn_pooled = kind == "pooled" or aux_heads or clip_weight > 0
+        for name, encoder in (("missing_image", self.image_encoder), ("missing_text", self.text_encoder)):
+            missing = MissingModality(
+                encoder.out_dim,
+                learn_pooled=learn_pooled,
+                token_dim=encoder.token_dim if kind == "tokens" else None,
+                level_dims=encoder.level_dims if kind == "levels" else None,
+            )
+            self.add_module(name, missing)
         image_dim, text_dim, fused_dim = self.image_encoder.out_dim, self.text_encoder.out_dim, self.fusion.out_dim
         # Optional modules exist only when used, so that DDP finds no parameter without a gradient.
         if aux_heads:
@@ -114,13 +138,21 @@ class MultimodalClassifier(ClassifierModule):
         return [self.image_encoder, self.text_encoder]
 
     def encode(self, batch: dict[str, Any]) -> tuple[Encoded, Encoded]:
-        """Both encoders' outputs, with what the fusion needs (``pooled`` is always there)."""
+        """Both encoders' outputs, with what the fusion needs (``pooled`` is always there); absent rows hold
+        the learned stand-ins and are never encoded."""
         kind = self.fusion.input_kind
         wants = {"tokens": kind == "tokens", "levels": kind == "levels"}
-        image = self.image_encoder(require(batch, "image", "MultimodalClassifier"), **wants)
+        images = require(batch, "image", "MultimodalClassifier")
         ids = require(batch, "input_ids", "MultimodalClassifier")
-        text = self.text_encoder(ids, batch["attention_mask"], **wants)
+        image_present, text_present = self.present(batch)
+        image = self.missing_image.encode(self.image_encoder, [images], image_present, **wants)
+        text = self.missing_text.encode(self.text_encoder, [ids, batch["attention_mask"]], text_present, **wants)
         return image, text
+
+    def present(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image_present, text_present)`` bool ``[B]`` of a batch (all True where it has no flags)."""
+        size = len(require(batch, "input_ids", "MultimodalClassifier"))
+        return present_mask(batch, "image", size, self.device), present_mask(batch, "text", size, self.device)
 
     def fuse(self, image: Encoded, text: Encoded) -> torch.Tensor:
         """The fused features ``[B, fusion.out_dim]`` of two encoder outputs."""
@@ -137,6 +169,11 @@ class MultimodalClassifier(ClassifierModule):
     def training_objective(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """The fusion loss (disagreement-weighted with ``aux_heads``) plus the enabled auxiliary objectives."""
         hp = self.hparams
+        if self.training and hp.modality_dropout > 0:
+            image_present, text_present = drop_modalities(*self.present(batch), hp.modality_dropout)
+            batch = {**batch, "image_present": image_present, "text_present": text_present}
+        image_present, text_present = self.present(batch)
+        both = image_present & text_present
         image, text = self.encode(batch)
         fused = self.fuse(image, text)
         logits = self.head(fused)
@@ -144,13 +181,13 @@ class MultimodalClassifier(ClassifierModule):
         terms: dict[str, torch.Tensor] = {}
         if hp.aux_heads:
             image_logits, text_logits = self.image_head(image.pooled), self.text_head(text.pooled)
-            terms["loss_image"] = self.criterion(image_logits, target)
-            terms["loss_text"] = self.criterion(text_logits, target)
-            kl = symmetric_kl(image_logits, text_logits).detach()
+            terms["loss_image"] = masked_mean(self.criterion(image_logits, target, reduction="none"), image_present)
+            terms["loss_text"] = masked_mean(self.criterion(text_logits, target, reduction="none"), text_present)
+            kl = symmetric_kl(image_logits, text_logits).detach() * both  # w = 1 where a modality is absent
             weight = disagreement_weight(
                 kl, step=self.global_step, warmup_steps=hp.disagreement_warmup_steps, clip=hp.disagreement_clip
             )
-            terms["disagreement"], terms["disagreement_weight"] = kl.mean(), weight.mean()
+            terms["disagreement"], terms["disagreement_weight"] = masked_mean(kl, both), weight.mean()
             a, b, c = hp.aux_weights
             fusion_loss = (weight * self.criterion(logits, target, reduction="none")).mean()
             loss = a * terms["loss_image"] + b * terms["loss_text"] + c * fusion_loss
@@ -162,9 +199,22 @@ class MultimodalClassifier(ClassifierModule):
         if hp.clip_weight > 0:
             image_proj = self.clip_image_projector(image.pooled)
             text_proj = self.clip_text_projector(text.pooled)
-            terms["clip"] = clip_loss(image_proj, text_proj, self.clip_logit_scale)
+            if bool(both.any()):  # matched pairs only
+                terms["clip"] = clip_loss(image_proj[both], text_proj[both], self.clip_logit_scale)
+            else:  # no matched pair: zero, still connected to the projections (DDP expects their gradients)
+                terms["clip"] = 0.0 * (image_proj.sum() + text_proj.sum() + self.clip_logit_scale)
             loss = loss + hp.clip_weight * terms["clip"]
         return logits, loss, terms
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints from before the learned missing-modality stand-ins keep their initial values."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        for key, value in self.state_dict().items():
+            if key.startswith(("missing_image.", "missing_text.")) and key not in state:
+                state[key] = value
 
 
 def fusion_class(factory: FusionFactory) -> type[Fusion]:

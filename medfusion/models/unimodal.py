@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medfusion.encoders import ImageEncoder, TextEncoder
-from medfusion.models.base import ClassifierModule, require
+from medfusion.models.base import ClassifierModule, require, require_present
 
 
 class ImageClassifier(ClassifierModule):
@@ -29,7 +29,9 @@ class ImageClassifier(ClassifierModule):
         return [self.image_encoder]
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.image_encoder(require(batch, "image", "ImageClassifier")).pooled
+        image = require(batch, "image", "ImageClassifier")
+        require_present(batch, "image", "ImageClassifier")
+        return self.image_encoder(image).pooled
 
 
 class TextClassifier(ClassifierModule):
@@ -53,4 +55,5 @@ class TextClassifier(ClassifierModule):
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         ids = require(batch, "input_ids", "TextClassifier")
+        require_present(batch, "text", "TextClassifier")
         return self.text_encoder(ids, batch["attention_mask"]).pooled

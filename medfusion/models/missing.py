@@ -1,0 +1,129 @@
+"""Absent modalities: encoding only the samples that have one, learned stand-ins for the others, modality dropout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medfusion.encoders import Encoded
+
+
+def present_mask(batch: dict[str, Any], modality: str, size: int, device: torch.device) -> torch.Tensor:
+    """``batch["<modality>_present"]`` as bool ``[B]``; all True when the batch has no such flag."""
+    flag = batch.get(f"{modality}_present")
+    if flag is None:
+        return torch.ones(size, dtype=torch.bool, device=device)
+    return flag.to(device=device, dtype=torch.bool)
+
+
+def drop_modalities(
+    image_present: torch.Tensor, text_present: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modality dropout: each sample that has both modalities loses one of them (image or text, equally
+    likely; never both) with probability ``p``. Returns the new ``(image_present, text_present)``."""
+    both = image_present & text_present
+    drop = both & (torch.rand(both.shape, device=both.device) < p)
+    image_side = torch.rand(both.shape, device=both.device) < 0.5
+    return image_present & ~(drop & image_side), text_present & ~(drop & ~image_side)
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of per-sample ``values`` [B] over the samples where ``keep`` [B] is True (0 when none is)."""
+    keep = keep.to(values.dtype)
+    return (values * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+def _learned(dim: int) -> nn.Parameter:
+    return nn.Parameter(nn.init.trunc_normal_(torch.empty(dim), std=0.02))
+
+
+class MissingModality(nn.Module):
+    """Learned stand-ins for one modality where a sample lacks it, in the forms a fusion consumes.
+
+    ``pooled`` ``[D]`` replaces the pooled vector; ``token`` ``[D_tok]`` becomes the single real token
+    (mask True) of an absent sample for token fusions; ``levels`` one ``[D_l]`` per level for level fusions.
+    Each exists only when asked for (so that no parameter goes without a gradient under DDP); absent rows of a
+    form without a stand-in are zeros.
+
+    Args:
+        pooled_dim: size of the pooled features (always needed to shape them).
+        learn_pooled: learn a pooled stand-in (when the pooled features are used).
+        token_dim: size of the tokens, for token fusions.
+        level_dims: sizes of the levels, for level fusions.
+    """
+
+    def __init__(
+        self,
+        pooled_dim: int,
+        learn_pooled: bool = True,
+        token_dim: int | None = None,
+        level_dims: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.pooled_dim = pooled_dim
+        self.pooled = _learned(pooled_dim) if learn_pooled else None
+        self.token = _learned(token_dim) if token_dim else None
+        self.levels = nn.ParameterList([_learned(d) for d in level_dims]) if level_dims else None
+
+    def encode(
+        self,
+        encoder: Callable[..., Encoded],
+        inputs: Sequence[torch.Tensor],
+        present: torch.Tensor,
+        **wants: bool,
+    ) -> Encoded:
+        """``encoder(*inputs, **wants)`` run on the present rows only (not at all when none is present), with
+        the absent rows filled by the stand-ins. ``present`` is bool ``[B]``."""
+        size, count = present.shape[0], int(present.sum())  # one device sync
+        if count == size:
+            encoded: Encoded | None = encoder(*inputs, **wants)
+        elif count > 0:
+            rows = present.nonzero().squeeze(1)
+            encoded = _scatter(encoder(*(x.index_select(0, rows) for x in inputs), **wants), rows, size)
+        else:
+            encoded = None
+        return self.fill(encoded, present, tokens=wants.get("tokens", False), levels=wants.get("levels", False))
+
+    def fill(self, encoded: Encoded | None, present: torch.Tensor, *, tokens: bool, levels: bool) -> Encoded:
+        """Replace the absent rows (``present`` False) of ``encoded`` (None: every row absent) by the stand-ins."""
+        size, device = present.shape[0], present.device
+        if encoded is None:
+            pooled = torch.zeros(size, self.pooled_dim, device=device)
+            encoded = Encoded(pooled=pooled)
+            if tokens:
+                encoded.tokens = torch.zeros(size, 1, self.token.shape[0], device=device)
+                encoded.mask = torch.zeros(size, 1, dtype=torch.bool, device=device)
+            if levels:
+                encoded.levels = [torch.zeros(size, p.shape[0], device=device) for p in self.levels]
+        rows = present[:, None]
+        out = Encoded(pooled=_where(rows, encoded.pooled, self.pooled))
+        if tokens:
+            first = torch.zeros(encoded.mask.shape[1], dtype=torch.bool, device=device)
+            first[0] = True  # an absent sample: one real token, the learned one, then padding
+            token = torch.where(first[:, None], self.token.to(encoded.tokens.dtype), 0.0)
+            out.tokens = torch.where(rows[..., None], encoded.tokens, token)
+            out.mask = torch.where(rows, encoded.mask, first)
+        if levels:
+            out.levels = [_where(rows, level, p) for level, p in zip(encoded.levels, self.levels, strict=True)]
+        return out
+
+
+def _where(rows: torch.Tensor, values: torch.Tensor, stand_in: torch.Tensor | None) -> torch.Tensor:
+    """``values`` where ``rows`` is True, else ``stand_in`` (else zeros)."""
+    fill = torch.zeros((), dtype=values.dtype, device=values.device) if stand_in is None else stand_in
+    return torch.where(rows, values, fill.to(values.dtype))
+
+
+def _scatter(encoded: Encoded, rows: torch.Tensor, size: int) -> Encoded:
+    """Outputs of the ``rows`` of a batch of ``size`` samples put back in place; zeros (mask False) elsewhere."""
+
+    def place(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        return x.new_zeros((size, *x.shape[1:])).index_copy(0, rows, x)
+
+    levels = None if encoded.levels is None else [place(level) for level in encoded.levels]
+    return Encoded(pooled=place(encoded.pooled), tokens=place(encoded.tokens), mask=place(encoded.mask), levels=levels)
