@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from medfusion.callbacks.loggers import log_confusion_matrix, log_image, log_table
-from medfusion.callbacks.outputs import run_dir
+from medfusion.callbacks.outputs import gather_objects, run_dir
 from medfusion.evaluation import (
     bootstrap_ci,
     classification_report,
@@ -22,15 +22,6 @@ from medfusion.evaluation import (
     write_classification_report,
     write_confusion_matrix,
 )
-
-
-def gather_objects(value: Any) -> list[Any]:
-    """``value`` of every process (a one-element list without DDP)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [value]
-    gathered: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, value)
-    return gathered
 
 
 def file_stem(prefix: str) -> str:

@@ -22,6 +22,15 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every process (a one-element list without DDP); a collective: call it on every rank."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
 class MetricsJSON(Callback):
     """Write final metrics to ``<run dir>/metrics.json`` on rank zero: every ``test*/`` key after
     ``test``, every ``val/`` key after a ``validate`` run."""
@@ -64,10 +73,7 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         local = [(i, p.tolist()) for b in batches for i, p in zip(b["id"], b["probs"].cpu(), strict=True)]
-        gathered = [local]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, local)
+        gathered = gather_objects(local)
         path = Path(self.output_path) if self.output_path else run_dir(trainer) / "predictions.csv"
         if not trainer.is_global_zero:
             return
