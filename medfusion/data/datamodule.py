@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,13 +12,14 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from medfusion.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state
 from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
 from medfusion.data.demo import default_cache_dir, ensure_demo_data
 from medfusion.data.errors import DataError
+from medfusion.data.feature_cache import CachedFeatures, as_batch, load_or_build
 from medfusion.data.images import ImageIndex, verify_images
 from medfusion.data.loaders import EpochSeededLoader
 from medfusion.data.samplers import DistributedWeightedSampler, class_balanced_weights
@@ -104,6 +106,13 @@ class MultimodalDataModule(L.LightningDataModule):
             instead of being inferred and retrained, so ``test``/``predict`` need no training data (leave
             ``csv_path`` unset and give ``predict_csv`` or ``test_sets``); labels outside its classes are errors.
             ``medfusion test|predict --ckpt_path`` sets it to that checkpoint.
+        feature_cache: a directory (e.g. ``~/.cache/medfusion/features``) for the outputs of frozen encoders
+            (``model.freeze_encoders: true``): each split's features are computed once, stored there memory-mapped
+            under a hash of the encoder and the data, reused by every later epoch and run, and recomputed when
+            either changes (see :mod:`medfusion.data.feature_cache`). The loaders then yield features, not images
+            and texts, so training runs the fusion and head only; they read in the main process
+            (``num_workers`` applies to computing the cache). Caching excludes what changes the encoders' input
+            or output per step: ``augment`` (set it false), trained encoders and test-time augmentation.
         sampler: training order: ``"shuffle"`` (each sample once per epoch) or ``"balanced"`` (as many
             draws per epoch as training samples, with replacement, each class equally likely; seeded by
             ``seed`` and the epoch; DDP ranks share one draw). Do not combine ``"balanced"`` with a
@@ -144,8 +153,16 @@ class MultimodalDataModule(L.LightningDataModule):
         num_workers: int = 0,
         sampler: SamplerKind = "shuffle",
         from_checkpoint: str | None = None,
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
+        if feature_cache is not None and augment:
+            raise ValueError(
+                "data.feature_cache stores features of the un-augmented images, computed once, so it excludes "
+                "data.augment (random crops and flips change every epoch). Fix: set data.augment: false, or drop "
+                "data.feature_cache to train with augmentation."
+            )
+        self.feature_cache = feature_cache
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
         self.sampler = sampler
@@ -377,18 +394,67 @@ class MultimodalDataModule(L.LightningDataModule):
         # with current_epoch one behind until its loop starts; a validation-end one restores the loader's state)
         epoch = self.trainer.fit_loop.epoch_progress.current.processed if train and self.trainer is not None else 0
         loader, options = (EpochSeededLoader, {"epoch": epoch}) if train else (DataLoader, {})
+        cached = isinstance(dataset, CachedFeatures)  # memory maps, read a batch at a time: no workers needed
+        workers = 0 if cached else self.num_workers
         return loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0 and not train,  # fresh workers: seeded per epoch
+            num_workers=workers,
+            persistent_workers=workers > 0 and not train,  # fresh workers: seeded per epoch
             pin_memory=torch.cuda.is_available(),
-            collate_fn=self.collate,
+            collate_fn=as_batch if cached else self.collate,
             **options,
         )
+
+    def _data(self, name: str) -> Dataset:
+        """What the loader of dataset ``name`` serves: the dataset, or with ``feature_cache`` its cached features
+        for the trainer's model."""
+        if self.feature_cache is None:
+            return self.datasets[name]
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is None:
+            raise RuntimeError(
+                "data.feature_cache needs the model's encoders: use the loaders inside a Trainer, or call "
+                "datamodule.cached_features(name, model)"
+            )
+        return self.cached_features(name, model)
+
+    def cached_features(self, name: str, model: L.LightningModule) -> CachedFeatures:
+        """The features of dataset ``name`` by ``model``'s frozen encoders, from ``feature_cache`` (computed and
+        stored on first use; under DDP rank 0 computes while the others wait)."""
+        if not model.hparams.get("freeze_encoders"):
+            raise ValueError(
+                "data.feature_cache needs frozen encoders (trained ones change their features every step). "
+                "Fix: set model.freeze_encoders: true, or drop data.feature_cache."
+            )
+        if model.tta:
+            raise ValueError("Test-time augmentation (model.tta) needs the images, which data.feature_cache skips")
+        dataset = self.datasets[name]
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        stores = {}
+        for modality, encoder in model.feature_encoders().items():
+            if strategy is not None and not strategy.is_global_zero:
+                strategy.barrier("feature_cache")  # rank 0 writes the entry first
+            start = time.perf_counter()
+            stores[modality] = store = load_or_build(
+                self.feature_cache,
+                encoder,
+                modality,
+                dataset,
+                collate=self.collate,
+                fields=model.feature_fields(),
+                device=model.device,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+            )
+            if strategy is not None and strategy.is_global_zero:
+                strategy.barrier("feature_cache")
+            done = f"computed in {time.perf_counter() - start:.1f} s" if store.computed else "reused"
+            rank_zero_info(f"Feature cache: {name} {modality} features of {len(dataset)} samples {done}: {store.path}")
+        return CachedFeatures(dataset.ids, dataset.labels, stores)
 
     @property
     def collate(self) -> Collate:
@@ -405,17 +471,17 @@ class MultimodalDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """An :class:`EpochSeededLoader`: each epoch's order, augmentation and dropout are reseeded from the run's
         seed and the epoch, and its epoch counter travels in checkpoints, so a resumed run repeats them exactly."""
-        return self._loader(self.datasets["train"], train=True)
+        return self._loader(self._data("train"), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], train=False)
+        return self._loader(self._data("val"), train=False)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(self.datasets[n if n == "test" else f"test_{n}"], False) for n in self.test_set_names]
+        loaders = [self._loader(self._data(n if n == "test" else f"test_{n}"), False) for n in self.test_set_names]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["predict"], train=False)
+        return self._loader(self._data("predict"), train=False)
 
 
 class DemoDataModule(MultimodalDataModule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,3 +24,23 @@ class Encoded:
     tokens: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     levels: list[torch.Tensor] | None = None
+
+
+def encode_present(
+    encoder: Callable[..., Encoded], inputs: Sequence[torch.Tensor], present: torch.Tensor, **wants: bool
+) -> Encoded | None:
+    """``encoder(*inputs, **wants)`` run on the rows where ``present`` (bool ``[B]``) is True only, its outputs put
+    back in place with zeros (mask False) in the other rows; None when no row is present (the encoder never runs)."""
+    size, count = present.shape[0], int(present.sum())  # one device sync
+    if count == size:
+        return encoder(*inputs, **wants)
+    if count == 0:
+        return None
+    rows = present.nonzero().squeeze(1)
+    encoded = encoder(*(x.index_select(0, rows) for x in inputs), **wants)
+
+    def place(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.new_zeros((size, *x.shape[1:])).index_copy(0, rows, x)
+
+    levels = None if encoded.levels is None else [place(level) for level in encoded.levels]
+    return Encoded(pooled=place(encoded.pooled), tokens=place(encoded.tokens), mask=place(encoded.mask), levels=levels)

@@ -124,11 +124,21 @@ class ClassifierModule(L.LightningModule):
         """Features ``[B, D]`` of a batch, before the head."""
         raise NotImplementedError
 
+    def feature_encoders(self) -> dict[str, nn.Module]:
+        """The encoders by modality (``"image"``, ``"text"``), whose outputs a feature cache may hold."""
+        raise NotImplementedError
+
+    def feature_fields(self) -> dict[str, bool]:
+        """Which encoder outputs the model uses besides ``pooled``: ``{"tokens": ..., "levels": ...}``."""
+        return {"tokens": False, "levels": False}
+
     def _build_head(self, in_dim: int) -> None:
         self.head = self._head_factory(in_dim, self.num_classes)
         if self.hparams.freeze_encoders:
+            # eval from the start: Lightning restores each submodule's mode as it was before validation, which
+            # would put frozen encoders back in training mode (BatchNorm statistics, dropout) past train() below
             for encoder in self.encoders():
-                encoder.requires_grad_(False)
+                encoder.requires_grad_(False).eval()
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Logits ``[B, num_classes]`` of a batch dict."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medfusion.encoders import Encoded
+from medfusion.encoders import Encoded, encode_present
 
 
 def present_mask(batch: dict[str, Any], modality: str, size: int, device: torch.device) -> torch.Tensor:
@@ -77,14 +77,7 @@ class MissingModality(nn.Module):
     ) -> Encoded:
         """``encoder(*inputs, **wants)`` run on the present rows only (not at all when none is present), with
         the absent rows filled by the stand-ins. ``present`` is bool ``[B]``."""
-        size, count = present.shape[0], int(present.sum())  # one device sync
-        if count == size:
-            encoded: Encoded | None = encoder(*inputs, **wants)
-        elif count > 0:
-            rows = present.nonzero().squeeze(1)
-            encoded = _scatter(encoder(*(x.index_select(0, rows) for x in inputs), **wants), rows, size)
-        else:
-            encoded = None
+        encoded = encode_present(encoder, inputs, present, **wants)
         return self.fill(encoded, present, tokens=wants.get("tokens", False), levels=wants.get("levels", False))
 
     def fill(self, encoded: Encoded | None, present: torch.Tensor, *, tokens: bool, levels: bool) -> Encoded:
@@ -115,15 +108,3 @@ def _where(rows: torch.Tensor, values: torch.Tensor, stand_in: torch.Tensor | No
     """``values`` where ``rows`` is True, else ``stand_in`` (else zeros)."""
     fill = torch.zeros((), dtype=values.dtype, device=values.device) if stand_in is None else stand_in
     return torch.where(rows, values, fill.to(values.dtype))
-
-
-def _scatter(encoded: Encoded, rows: torch.Tensor, size: int) -> Encoded:
-    """Outputs of the ``rows`` of a batch of ``size`` samples put back in place; zeros (mask False) elsewhere."""
-
-    def place(x: torch.Tensor | None) -> torch.Tensor | None:
-        if x is None:
-            return None
-        return x.new_zeros((size, *x.shape[1:])).index_copy(0, rows, x)
-
-    levels = None if encoded.levels is None else [place(level) for level in encoded.levels]
-    return Encoded(pooled=place(encoded.pooled), tokens=place(encoded.tokens), mask=place(encoded.mask), levels=levels)

@@ -137,21 +137,31 @@ class MultimodalClassifier(ClassifierModule):
     def encoders(self) -> list[nn.Module]:
         return [self.image_encoder, self.text_encoder]
 
-    def encode(self, batch: dict[str, Any]) -> tuple[Encoded, Encoded]:
-        """Both encoders' outputs, with what the fusion needs (``pooled`` is always there); absent rows hold
-        the learned stand-ins and are never encoded."""
+    def feature_encoders(self) -> dict[str, nn.Module]:
+        return {"image": self.image_encoder, "text": self.text_encoder}
+
+    def feature_fields(self) -> dict[str, bool]:
         kind = self.fusion.input_kind
-        wants = {"tokens": kind == "tokens", "levels": kind == "levels"}
+        return {"tokens": kind == "tokens", "levels": kind == "levels"}
+
+    def encode(self, batch: dict[str, Any]) -> tuple[Encoded, Encoded]:
+        """Both encoders' outputs, with what the fusion needs (``pooled`` is always there), or the batch's cached
+        ``features`` (see ``data.feature_cache``); absent rows hold the learned stand-ins and are never encoded."""
+        wants = self.feature_fields()
+        image_present, text_present = self.present(batch)
+        cached = batch.get("features")
+        if cached is not None:
+            image = self.missing_image.fill(Encoded(**cached["image"]), image_present, **wants)
+            return image, self.missing_text.fill(Encoded(**cached["text"]), text_present, **wants)
         images = require(batch, "image", "MultimodalClassifier")
         ids = require(batch, "input_ids", "MultimodalClassifier")
-        image_present, text_present = self.present(batch)
         image = self.missing_image.encode(self.image_encoder, [images], image_present, **wants)
         text = self.missing_text.encode(self.text_encoder, [ids, batch["attention_mask"]], text_present, **wants)
         return image, text
 
     def present(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image_present, text_present)`` bool ``[B]`` of a batch (all True where it has no flags)."""
-        size = len(require(batch, "input_ids", "MultimodalClassifier"))
+        size = len(batch["label"] if "label" in batch else require(batch, "input_ids", "MultimodalClassifier"))
         return present_mask(batch, "image", size, self.device), present_mask(batch, "text", size, self.device)
 
     def fuse(self, image: Encoded, text: Encoded) -> torch.Tensor:

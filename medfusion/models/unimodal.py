@@ -28,10 +28,14 @@ class ImageClassifier(ClassifierModule):
     def encoders(self) -> list[nn.Module]:
         return [self.image_encoder]
 
+    def feature_encoders(self) -> dict[str, nn.Module]:
+        return {"image": self.image_encoder}
+
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        image = require(batch, "image", "ImageClassifier")
         require_present(batch, "image", "ImageClassifier")
-        return self.image_encoder(image).pooled
+        if "features" in batch:  # from the feature cache
+            return batch["features"]["image"]["pooled"]
+        return self.image_encoder(require(batch, "image", "ImageClassifier")).pooled
 
 
 class TextClassifier(ClassifierModule):
@@ -53,7 +57,11 @@ class TextClassifier(ClassifierModule):
     def encoders(self) -> list[nn.Module]:
         return [self.text_encoder]
 
+    def feature_encoders(self) -> dict[str, nn.Module]:
+        return {"text": self.text_encoder}
+
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        ids = require(batch, "input_ids", "TextClassifier")
         require_present(batch, "text", "TextClassifier")
-        return self.text_encoder(ids, batch["attention_mask"]).pooled
+        if "features" in batch:  # from the feature cache
+            return batch["features"]["text"]["pooled"]
+        return self.text_encoder(require(batch, "input_ids", "TextClassifier"), batch["attention_mask"]).pooled
