@@ -1,4 +1,5 @@
-"""The ``medfusion`` command: LightningCLI's fit | validate | test | predict, plus ``demo-data``."""
+"""The ``medfusion`` command: LightningCLI's fit | validate | test | predict, plus ``demo-data``, ``explain`` and
+``compare``."""
 
 from __future__ import annotations
 
@@ -200,11 +201,50 @@ def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, nu
     return [where[i][0][where[i][1]] for i in ids]
 
 
-EXTRA_COMMANDS = {"demo-data": demo_data_main, "explain": explain_main}
+def compare_parser() -> Any:
+    """The parser of ``medfusion compare`` (also reads its ``--config`` files, e.g. configs/compare/demo.yaml)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="medfusion compare", description=compare_main.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file holding the options below")
+    parser.add_argument("--base", type=list[str], required=True, help="configs of every cell, as for medfusion fit")
+    parser.add_argument("--fusions", type=list[str], required=True, help="registered names or config fragments")
+    parser.add_argument("--heads", type=list[str], default=["mlp"], help="registered names or config fragments")
+    parser.add_argument("--losses", type=list[str] | None, default=None, help="loss classes or config fragments")
+    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
+    parser.add_argument("--overrides", type=list[str], default=[], help="extra medfusion fit arguments of every cell")
+    parser.add_argument("--out_dir", type=str, default="runs/compare")
+    parser.add_argument("--keep_checkpoints", type=bool, default=False)
+    parser.add_argument("--metric", type=str, default="macro_f1", help="the test metric that ranks the leaderboard")
+    return parser
+
+
+def compare_main(argv: Sequence[str]) -> None:
+    """medfusion compare --config configs/compare/demo.yaml: train a grid of fusions × heads (× losses) × seeds from
+    base configs and write a leaderboard (mean ± std and 95% CI over seeds) as CSV, Markdown and PNG. Re-running it
+    with the same arguments skips the finished cells."""
+    from medfusion.compare import run_grid
+
+    args = compare_parser().parse_args(list(argv))
+    run_grid(
+        base=args.base,
+        fusions=args.fusions,
+        heads=args.heads,
+        seeds=args.seeds,
+        losses=args.losses,
+        overrides=args.overrides,
+        out_dir=args.out_dir,
+        keep_checkpoints=args.keep_checkpoints,
+        metric=args.metric,
+    )
+
+
+EXTRA_COMMANDS = {"demo-data": demo_data_main, "explain": explain_main, "compare": compare_main}
 DESCRIPTION = (
     "Multimodal (image + text) medical classification. Subcommands fit/validate/test/predict take "
     "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset, "
-    "'medfusion explain --config CFG --ckpt_path CKPT --ids ID ...' writes Grad-CAM/attention figures."
+    "'medfusion explain --config CFG --ckpt_path CKPT --ids ID ...' writes Grad-CAM/attention figures, "
+    "'medfusion compare --config configs/compare/demo.yaml' trains a fusion x head grid and writes a leaderboard."
 )
 
 

@@ -147,7 +147,7 @@ def test_explain_writes_one_figure_per_id(fitted, capsys) -> None:
     out = root / "explained"
     main(["explain", *args, f"--ckpt_path={best}", "--ids", *ids, f"--out_dir={out}"])
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in ids)
-    model, data = _model_and_data(args, best)
+    _, data = _model_and_data(args, best)
     twice = [data.collate(find_samples(data, ids, 0))["image"] for _ in range(2)]
     assert torch.equal(*twice)  # training samples too are shown without random augmentation
     printed = capsys.readouterr().out

@@ -12,8 +12,9 @@ from medfusion.cli import main
 CONFIGS = Path(__file__).parents[1] / "configs"
 BASES = ["demo.yaml", "demo_image.yaml", "demo_text.yaml"]
 FRAGMENTS = sorted(p.relative_to(CONFIGS).as_posix() for d in CONFIGS.iterdir() if d.is_dir() for p in d.glob("*.yaml"))
-# trainer/ holds sub-configs named by the bases; sweeps/ holds W&B sweep definitions (tested below).
-FRAGMENTS = [f for f in FRAGMENTS if not f.startswith(("trainer/", "sweeps/"))]
+# trainer/ holds sub-configs named by the bases; sweeps/ holds W&B sweep definitions (tested below); compare/ holds
+# medfusion compare grids and their multimodal base fragment (tested in test_compare.py).
+FRAGMENTS = [f for f in FRAGMENTS if not f.startswith(("trainer/", "sweeps/", "compare/"))]
 SWEEPS = sorted(p.name for p in (CONFIGS / "sweeps").glob("*.yaml"))
 
 
