@@ -155,7 +155,7 @@ def test_every_cell_of_a_shipped_comparison_parses(name: str, tmp_path: Path, ca
         assert exit_info.value.code in (0, None)
         config = yaml.safe_load(capsys.readouterr().out)
         init = config["model"]["init_args"]
-        assert init["fusion"]["class_path"].endswith(type_name(compare.FUSIONS.get(fusion)))
+        assert init["fusion"]["class_path"].endswith(type_name(compare.FUSIONS.get(compare.label(fusion))))
         assert init["head"]["class_path"].endswith(type_name(compare.HEADS.get(head)))
         assert init["freeze_encoders"] is True and config["data"]["init_args"]["augment"] is False
 
