@@ -23,6 +23,7 @@ from PIL import Image
 
 from medfusion.data import Collate, DataError, MultimodalDataModule
 from medfusion.data import TestSet as ExternalTestSet  # aliased: pytest would try to collect Test*
+from medfusion.data.images import load_rgb, to_8bit
 from medfusion.data.splits import stratified_group_split
 from medfusion.data.table import infer_class_names
 from medfusion.data.texts import render_template
@@ -361,6 +362,9 @@ def test_split_column_with_synonyms_is_honoured(tmp_path: Path) -> None:
         ("train", "train"),
         (" validation ", "val"),
         ("train", "train"),
+        ("validate", "val"),  # MIMIC-CXR's split file
+        ("Validate", "val"),
+        ("DEV", "val"),
         ("train", "train"),
     ]
     rows = sample_rows(len(folds))
@@ -381,7 +385,9 @@ def test_unknown_split_value_is_an_error(tmp_path: Path) -> None:
         row["fold"] = ["train", "val"][i % 2]
     rows[5]["fold"] = "holdout"
     layout = write_layout(tmp_path, rows)
-    data_error(lambda: build(layout, split_column="fold"), "samples.csv", "line 7", "'holdout'")
+    message = data_error(lambda: build(layout, split_column="fold"), "samples.csv", "line 7", "'holdout'")
+    for accepted in ("train, val or test", "validate", "valid", "validation", "dev"):  # the fix lists them
+        assert accepted in message, accepted
 
 
 def test_group_spanning_two_splits_is_an_error(tmp_path: Path) -> None:
@@ -432,6 +438,62 @@ def test_grayscale_rgba_and_palette_images_become_three_channels(tmp_path: Path)
     assert torch.allclose(gray, torch.full_like(gray, 200 / 255))  # L -> equal channels, values kept
     rgba = dataset[dataset.ids.index("s001")]["image"]
     assert torch.allclose(rgba[:, 0, 0], torch.tensor([10, 20, 30]) / 255)  # alpha dropped, colour kept
+
+
+def _tiff_12bit(path: Path, values: np.ndarray) -> Path:
+    """An uncompressed 12-bit grayscale TIFF (PIL cannot write one): two samples in three bytes, MSB first."""
+    h, w = values.shape
+    assert w % 2 == 0
+    pairs = values.reshape(-1, 2).tolist()
+    data = b"".join(bytes([a >> 4, (a & 15) << 4 | b >> 8, b & 255]) for a, b in pairs)
+    # ImageWidth, ImageLength, BitsPerSample, Compression, Photometric (black is zero), StripOffsets,
+    # SamplesPerPixel, RowsPerStrip, StripByteCounts; the data follows the one IFD.
+    tags = [(256, w), (257, h), (258, 12), (259, 1), (262, 1), (273, 8 + 2 + 9 * 12 + 4), (277, 1), (278, h)]
+    tags.append((279, len(data)))
+    ifd = len(tags).to_bytes(2, "little") + b"".join(
+        t.to_bytes(2, "little") + (4).to_bytes(2, "little") + (1).to_bytes(4, "little") + v.to_bytes(4, "little")
+        for t, v in tags
+    )
+    path.write_bytes(b"II*\x00" + (8).to_bytes(4, "little") + ifd + bytes(4) + data)
+    return path
+
+
+def _gradient_of(path: Path) -> np.ndarray:
+    image = load_rgb(path)
+    assert image.mode == "RGB"
+    rgb = np.asarray(image).astype(int)
+    assert (rgb == rgb[..., :1]).all()  # grey: equal channels
+    return rgb[0, :, 0]
+
+
+def _assert_full_gradient(row: np.ndarray) -> None:
+    assert (np.diff(row) >= 0).all() and len(np.unique(row)) > 200, row  # monotonic, not saturated
+    assert row[0] == 0 and row[-1] == 255 and abs(int(row[len(row) // 2]) - 128) <= 2, row
+
+
+def test_16bit_and_float_grayscale_images_are_rescaled_not_clipped(tmp_path: Path) -> None:
+    # X-ray/MRI exports: PIL's convert("RGB") clips I;16 at 255, so a 0..65535 gradient came out white.
+    gradient = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (4, 1))
+    Image.fromarray(gradient).save(tmp_path / "xray.png")
+    with Image.open(tmp_path / "xray.png") as image:
+        assert image.mode == "I;16"
+    _assert_full_gradient(_gradient_of(tmp_path / "xray.png"))
+    Image.fromarray(gradient).save(tmp_path / "xray.tif")
+    _assert_full_gradient(_gradient_of(tmp_path / "xray.tif"))
+    big_endian = Image.frombytes("I;16B", (256, 4), gradient.astype(">u2").tobytes())
+    _assert_full_gradient(np.asarray(to_8bit(big_endian))[0])
+    # A 12-bit TIFF (values 0..4095) is scaled by its BitsPerSample, not by 65535 (which would leave it black).
+    twelve = np.tile(np.linspace(0, 4095, 256).round().astype(np.uint16), (2, 1))
+    _assert_full_gradient(_gradient_of(_tiff_12bit(tmp_path / "ct.tif", twelve)))
+    # One scale per bit depth, not per image: a dark 16-bit image stays dark.
+    Image.fromarray(gradient // 4).save(tmp_path / "dark.png")
+    assert _gradient_of(tmp_path / "dark.png").max() == 64
+    # Float images: 0..1 is scaled by 255; any other range (and 32-bit integers) over its own min..max.
+    Image.fromarray(gradient.astype(np.float32) / 65535).save(tmp_path / "unit.tif")
+    _assert_full_gradient(_gradient_of(tmp_path / "unit.tif"))
+    Image.fromarray(gradient.astype(np.float32) * 3 - 1000).save(tmp_path / "hounsfield.tif")
+    _assert_full_gradient(_gradient_of(tmp_path / "hounsfield.tif"))
+    _assert_full_gradient(np.asarray(to_8bit(Image.fromarray(gradient.astype(np.int32) - 1024)))[0])
 
 
 def test_numeric_labels_are_ordered_numerically(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from transformers import AutoModel, BertConfig, BertModel
+from transformers import AutoModel, BertConfig, BertModel, BertTokenizerFast
 
+from medfusion.data.tokenizer import build_tokenizer
 from medfusion.encoders import Encoded, ImageEncoder, TextEncoder
 from medfusion.encoders.text import spaced_layers
 
@@ -123,6 +124,50 @@ def test_pretrained_weights_load_on_request_not_in_constructor(bert_dir, monkeyp
 def test_pretrained_tokenizer_larger_than_model_vocab_is_an_error(bert_dir) -> None:
     with pytest.raises(ValueError, match="embeds only 120"):
         TextEncoder(str(bert_dir), pretrained=True, vocab_size=500)
+
+
+@pytest.fixture
+def bert_with_tokenizer(tmp_path):
+    """A local model folder as ``save_pretrained`` of a model and its tokenizer writes it (120 tokens)."""
+    BertModel(
+        BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    vocab += [f"word{i}" for i in range(120 - len(vocab))]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    return tmp_path
+
+
+REPORTS = ["no acute findings", "small left effusion", "no effusion", "mild cardiomegaly, no effusion"] * 3
+
+
+def test_pretrained_text_model_with_a_wordpiece_tokenizer_is_an_error(bert_with_tokenizer) -> None:
+    # data.tokenizer left at "wordpiece": a new vocabulary, whose ids mean other words to the pretrained weights.
+    wordpiece = build_tokenizer("wordpiece", REPORTS, vocab_size=100)
+    assert len(wordpiece) < 120  # smaller than the model's vocabulary: the old size check let it through
+    name = str(bert_with_tokenizer)
+    with pytest.raises(ValueError, match="wordpiece") as info:
+        TextEncoder(name, pretrained=True, vocab_size=len(wordpiece))
+    assert f"data.tokenizer: {name}" in str(info.value) and "120" in str(info.value)
+    # The fix the message names: the model's own tokenizer.
+    own = build_tokenizer(name, REPORTS, vocab_size=100)
+    encoder = TextEncoder(name, pretrained=True, vocab_size=len(own))
+    encoder.load_pretrained()
+    ids = torch.tensor(own(REPORTS[:2], padding=True)["input_ids"])
+    assert encoder(ids, torch.ones_like(ids)).pooled.shape == (2, 32)
+    # Trained from scratch (pretrained: false) any vocabulary is fine.
+    assert TextEncoder(name, vocab_size=len(wordpiece)).vocab_size == 120
+
+
+def test_pretrained_text_model_without_its_tokenizer_warns_about_another_vocabulary(bert_dir) -> None:
+    # Only config and weights in the folder: nothing to compare with but the embedding size.
+    with pytest.warns(UserWarning, match=f"data.tokenizer: {bert_dir}"):
+        TextEncoder(str(bert_dir), pretrained=True, vocab_size=60)
+    # ... and naming that folder as data.tokenizer would give a tokenizer of special tokens only (all [UNK]).
+    with pytest.raises(ValueError, match="no tokenizer vocabulary"):
+        build_tokenizer(str(bert_dir), REPORTS, vocab_size=100)
 
 
 def test_image_checkpoint_path_loads_local_weights(tmp_path, monkeypatch) -> None:

@@ -7,6 +7,7 @@ import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from medfusion.data.errors import DataError, raise_for_rows
@@ -89,9 +90,51 @@ class ImageIndex:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image and convert grayscale, palette, CMYK or RGBA to RGB."""
+    """Open an image and convert grayscale, palette, CMYK, RGBA, 16-bit or float grayscale to RGB.
+
+    PIL's own ``convert`` clips 16-bit and 32-bit grayscale (X-ray, MRI exports) at 255, which turns
+    most of such an image white; those are rescaled to 0..255 instead (see :func:`to_8bit`).
+    """
     with Image.open(path) as image:
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+            return to_8bit(image, significant_bits(image)).convert("RGB")
         return image.convert("RGB")
+
+
+def to_8bit(image: Image.Image, bits: int | None = None) -> Image.Image:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale image as 8-bit ``L``.
+
+    Integer images are scaled by the range of their bit depth, so that one intensity gives one grey in
+    every image: ``2**bits - 1`` when the file declares ``bits`` (a 12-bit TIFF: 4095 -> 255), else
+    65535 -> 255. An ``I`` image with values outside 0..65535 (signed or 32-bit data) and a float image
+    outside 0..1 have no such range and are min-max scaled over their own values; a float image
+    within 0..1 is multiplied by 255.
+    """
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        full = (0.0, 1.0)
+    else:
+        full = (0.0, float(2 ** (bits or 16) - 1))
+        if high > full[1]:  # more bits than declared
+            full = (0.0, 65535.0)
+    if full[0] <= low and high <= full[1]:
+        low, high = full
+    scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def significant_bits(image: Image.Image) -> int | None:
+    """How many bits of a 16-bit grayscale image carry data, where the file says so: a TIFF's
+    ``BitsPerSample`` (12 for 12-bit X-ray TIFFs, whose values PIL leaves at 0..4095). A PNG's
+    ``sBIT`` is not one of these: its samples are already scaled to the full 16 bits."""
+    if image.format != "TIFF":
+        return None
+    bits = image.tag_v2.get(258)  # type: ignore[attr-defined]
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    return bits if isinstance(bits, int) and 1 <= bits <= 16 else None
 
 
 def _ends_with_jpeg_eoi(path: Path) -> bool:

@@ -17,6 +17,7 @@ SPLIT_ALIASES = {
     "val": "val",
     "valid": "val",
     "validation": "val",
+    "validate": "val",  # MIMIC-CXR's mimic-cxr-2.0.0-split.csv
     "dev": "val",
     "test": "test",
     "testing": "test",
@@ -24,7 +25,8 @@ SPLIT_ALIASES = {
 
 
 def splits_from_column(values: Sequence[object], csv_path: str | Path) -> list[str]:
-    """Normalise a split column (``train``/``val``/``test`` and common synonyms)."""
+    """Normalise a split column: ``train``/``val``/``test`` and the synonyms in :data:`SPLIT_ALIASES`
+    (``validate``, ``valid``, ``validation``, ``dev``, ...), in any case, surrounding spaces ignored."""
     splits = [SPLIT_ALIASES.get(str(v).strip().lower(), "") for v in values]
     bad = [r for r, s in enumerate(splits) if not s]
     raise_for_rows(
@@ -32,7 +34,7 @@ def splits_from_column(values: Sequence[object], csv_path: str | Path) -> list[s
         csv_path,
         bad,
         [repr(values[r]) for r in bad],
-        f"use one of {sorted(SPLIT_ALIASES)}.",
+        f"use train, val or test (any case; also {', '.join(sorted(set(SPLIT_ALIASES) - set(SPLITS)))}).",
     )
     return splits
 

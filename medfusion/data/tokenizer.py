@@ -59,4 +59,18 @@ def build_tokenizer(name: str, texts: Sequence[str], vocab_size: int) -> PreTrai
     """``"wordpiece"`` trains on ``texts``; anything else is a hub name or local path for AutoTokenizer."""
     if name == WORDPIECE:
         return train_wordpiece(texts, vocab_size=vocab_size)
-    return AutoTokenizer.from_pretrained(name)
+    return pretrained_tokenizer(name)
+
+
+def pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A model's own tokenizer (hub name or local directory), refusing one with no vocabulary: for a
+    folder with only ``config.json`` and weights, transformers builds a tokenizer of just the special
+    tokens, which would silently turn every word into ``[UNK]``."""
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ValueError(
+            f"{name} has no tokenizer vocabulary (no tokenizer.json, vocab.txt, ...): only its {len(tokenizer)} "
+            "special tokens. Fix: point data.tokenizer at a hub name or folder with the model's tokenizer files "
+            "(tokenizer.save_pretrained(folder) writes them), or use data.tokenizer: wordpiece with an untrained model."
+        )
+    return tokenizer

@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, PretrainedConfig, PreTrainedModel
 
+from medfusion.data.tokenizer import pretrained_tokenizer
 from medfusion.encoders.encoded import Encoded
 
 TINY = "tiny"
@@ -26,6 +28,15 @@ def tiny_bert_config(vocab_size: int, max_length: int = 512) -> BertConfig:
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
     )
+
+
+def pretrained_vocab_size(name: str) -> int | None:
+    """The size of the tokenizer a model was pretrained with (what ``data.tokenizer: <name>`` gives), or None
+    when it cannot be loaded (no tokenizer files with the weights, offline without a cache)."""
+    try:
+        return len(pretrained_tokenizer(name))
+    except (OSError, ValueError, ImportError, KeyError, TypeError):
+        return None
 
 
 def without_pooler(factory: Callable[..., PreTrainedModel], source: Any) -> PreTrainedModel:
@@ -88,14 +99,37 @@ class TextEncoder(nn.Module):
                 raise ValueError("The tiny text encoder needs vocab_size (linked from the datamodule's tokenizer)")
             return tiny_bert_config(vocab_size, max_length)
         config = AutoConfig.from_pretrained(self.model_name)
-        if vocab_size is not None and vocab_size > config.vocab_size:
-            if self.pretrained:
-                raise ValueError(
-                    f"The tokenizer has {vocab_size} tokens but {self.model_name} embeds only {config.vocab_size}: "
-                    f"use the model's own tokenizer (data tokenizer: {self.model_name})"
-                )
+        if vocab_size is not None and self.pretrained:
+            self._check_vocabulary(vocab_size, config.vocab_size)
+        elif vocab_size is not None and vocab_size > config.vocab_size:
             config.vocab_size = vocab_size
         return config
+
+    def _check_vocabulary(self, vocab_size: int, embedded: int) -> None:
+        """Refuse token ids the pretrained weights were not trained on: the datamodule's tokenizer (its size is
+        all that is linked here) must be the model's own. The usual mistake is ``data.tokenizer: wordpiece``
+        (the default, a vocabulary trained on the user's texts) with pretrained weights: it runs, but id 1000
+        means another word to the model, so the text model reads noise."""
+        name = self.model_name
+        fix = (
+            f"Fix: data.tokenizer: {name} (the same name as the text encoder's model_name), "
+            "or pretrained: false to train the text model from scratch on this vocabulary."
+        )
+        if vocab_size > embedded:
+            raise ValueError(f"The data's tokenizer has {vocab_size} tokens but {name} embeds only {embedded}. {fix}")
+        own = pretrained_vocab_size(name)
+        if own is not None and own != vocab_size:
+            raise ValueError(
+                f"The data's tokenizer has {vocab_size} tokens but {name} was pretrained with its own tokenizer of "
+                f"{own}: the token ids would mean other words to the pretrained weights (the usual cause: "
+                f"data.tokenizer left at wordpiece, the default, which trains a new vocabulary on your texts). {fix}"
+            )
+        if own is None and vocab_size != embedded:
+            rank_zero_warn(
+                f"The data's tokenizer has {vocab_size} tokens but {name} embeds {embedded}, and {name}'s own "
+                f"tokenizer could not be loaded to compare: if data.tokenizer is wordpiece (the default), the "
+                f"pretrained text model reads meaningless ids. {fix}"
+            )
 
     def load_pretrained(self) -> None:
         """Load the named model's pretrained weights (hub or local directory)."""
