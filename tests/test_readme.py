@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medfusion.cli import main
+from medfusion.cli import compare_parser, main
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 CLI_COMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS = ("demo-data", "explain")
-SKIPPED_COMMANDS = ("compare",)  # documented and tested with their own feature
+COMPARE_COMMAND = "compare"  # parsed below; its grids' cells are parsed in test_compare.py
 # A run directory's saved config: runs/<name>/version_N/config.yaml is the resolved configs/<name>.yaml.
 RUN_CONFIG = re.compile(r"runs/(?P<name>[\w-]+)/version_\d+/config\.yaml")
 
@@ -54,6 +54,7 @@ COMMANDS = bash_commands()
 UNIQUE_COMMANDS = list(dict.fromkeys(tuple(c) for c in COMMANDS))  # the README repeats some on purpose
 CLI_LINES = [list(c) for c in UNIQUE_COMMANDS if c[0] in CLI_COMMANDS]
 EXTRA_LINES = [list(c) for c in UNIQUE_COMMANDS if c[0] in EXTRA_COMMANDS]
+COMPARE_LINES = [list(c) for c in UNIQUE_COMMANDS if c[0] == COMPARE_COMMAND]
 NAMED_CONFIGS = sorted(set(re.findall(r"configs/[\w/]+\.yaml", README.read_text())))
 _SAVED_RUN_CONFIGS: dict[str, Path] = {}
 
@@ -91,7 +92,7 @@ def test_readme_commands_are_found() -> None:
     found = {c[0] for c in COMMANDS}
     assert set(CLI_COMMANDS) | set(EXTRA_COMMANDS) <= found
     assert len(CLI_LINES) >= 10
-    unknown = [c for c in COMMANDS if c[0] not in (*CLI_COMMANDS, *EXTRA_COMMANDS, *SKIPPED_COMMANDS)]
+    unknown = [c for c in COMMANDS if c[0] not in (*CLI_COMMANDS, *EXTRA_COMMANDS, COMPARE_COMMAND)]
     assert not unknown, f"README commands this test does not know how to check: {unknown}"
     assert ["fit", "--config", "configs/demo.yaml"] in COMMANDS  # the Quickstart, after `pip install ... &&`
 
@@ -138,7 +139,7 @@ def config_rounds() -> list[list[str]]:
     by_dir: dict[str, list[str]] = {}
     for path in NAMED_CONFIGS:
         directory = path.split("/")[1]
-        if path.count("/") == 2 and directory not in ("sweeps", "trainer") and path not in parsed:
+        if path.count("/") >= 2 and directory not in ("sweeps", "trainer", "compare") and path not in parsed:
             by_dir.setdefault(directory, []).append(path)
     rounds = [["fit", "--config", path] for path in complete]
     trainers = [p for p in NAMED_CONFIGS if p.startswith("configs/trainer/") and p not in parsed]
@@ -164,7 +165,8 @@ def test_named_configs_parse(capsys, monkeypatch) -> None:
                     assert config["model"]["init_args"][key]["class_path"] == value["class_path"], fragment
         covered.update(a for a in argv if a.endswith(".yaml"))
     commands = {a for c in CLI_LINES for a in c if a.endswith(".yaml")}
-    missing = [p for p in NAMED_CONFIGS if p not in covered | commands and not p.startswith("configs/sweeps/")]
+    separate = ("configs/sweeps/", "configs/compare/")  # W&B sweeps and compare grids: tested in their own files
+    missing = [p for p in NAMED_CONFIGS if p not in covered | commands and not p.startswith(separate)]
     assert not missing
 
 
@@ -204,3 +206,13 @@ def test_top_level_api_resolves() -> None:
         assert getattr(medfusion, name) is not None
     with pytest.raises(AttributeError):
         _ = medfusion.not_a_thing
+
+
+@pytest.mark.parametrize("argv", COMPARE_LINES, ids=command_id)
+def test_compare_commands_parse(argv: list[str], monkeypatch) -> None:
+    """Each ``medfusion compare`` line parses; its grid's base configs exist (every cell's config is parsed in
+    test_compare.py)."""
+    monkeypatch.chdir(ROOT)
+    args = compare_parser().parse_args(argv[1:])
+    assert args.fusions and args.heads and args.seeds
+    assert all((ROOT / base).is_file() for base in args.base), args.base

@@ -1,0 +1,169 @@
+"""Samples/s the demo DataModule delivers with 0, 1 and 2 loader workers, against what a training step consumes.
+
+    python benchmarks/dataloader.py [--device cpu|cuda] [--batch_size B] [--workers 0 1 2] [--batches N]
+                                    [--repeats R] [--steps S] [--threads T]
+
+Delivered: ``DemoDataModule`` as ``configs/demo.yaml`` sets it up (64 x 64 images, augmentation on, batch 64), its
+training loader iterated for ``--batches`` batches per worker count (at most one epoch, so the workers start once).
+The wait for the first batch is reported apart as start-up (worker processes, first decodes), samples/s are over
+the batches after it. The worker counts are measured round-robin, ``--repeats`` times; medians are reported.
+
+Consumed: samples/s of a training step (forward, loss, backward, AdamW step) of the demo model (ResNet-18 + tiny
+BERT, concat fusion, MLP head, fusion_dim 256) on batches loaded beforehand, with its encoders trained and frozen
+(fusion + head only), from the median step time after ``--warmup`` steps, the two settings taken in turn.
+
+Ratio = delivered / consumed: >= 1 means the loader keeps up with the model. Both are measured alone: in training
+the loader's workers (or, with 0 workers, the loading itself) share the CPU with the step, so on a machine with
+few cores and no GPU the ratios are upper bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from functools import partial
+from itertools import islice
+from typing import Any
+
+import torch
+
+from medfusion.data import DemoDataModule
+from medfusion.encoders import ImageEncoder, TextEncoder
+from medfusion.fusion import ConcatFusion
+from medfusion.heads import MLPHead
+from medfusion.models import MultimodalClassifier
+
+Batch = dict[str, Any]
+SEED = 0
+NUM_BATCHES = 4  # distinct batches loaded up front for the training steps
+
+
+def delivery(dm: DemoDataModule, workers: int, batches: int) -> tuple[float, float]:
+    """``(start-up seconds, samples/s)`` of the training loader with ``workers`` workers: the wait for the first
+    batch, then the rate over the next ``batches`` batches."""
+    dm.num_workers = workers
+    loader = dm.train_dataloader()
+    start = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)
+    first = time.perf_counter()
+    samples = sum(len(batch["label"]) for batch in islice(iterator, batches))
+    seconds = time.perf_counter() - first
+    del iterator  # shuts the workers down (not timed)
+    return first - start, samples / seconds
+
+
+def build_model(dm: DemoDataModule, freeze_encoders: bool) -> MultimodalClassifier:
+    """The demo model (configs/demo.yaml), seeded."""
+    torch.manual_seed(SEED)
+    return MultimodalClassifier(
+        image_encoder=partial(ImageEncoder, model_name="resnet18"),
+        text_encoder=partial(TextEncoder, model_name="tiny"),
+        fusion=ConcatFusion,
+        fusion_dim=256,
+        head=MLPHead,
+        num_classes=dm.num_classes,
+        class_names=dm.class_names,
+        class_counts=dm.class_counts,
+        vocab_size=dm.vocab_size,
+        lr=1e-3,
+        scheduler="constant",
+        freeze_encoders=freeze_encoders,
+    )
+
+
+class Trainee:
+    """A demo model and its optimizer, timing one training step at a time."""
+
+    def __init__(self, dm: DemoDataModule, freeze_encoders: bool, device: torch.device) -> None:
+        self.device = device
+        self.model = build_model(dm, freeze_encoders).to(device).train()
+        self.optimizer = self.model.configure_optimizers()  # AdamW (constant schedule)
+
+    def step_seconds(self, batch: Batch) -> float:
+        """Wall time of one step on a loaded batch, its copy to the device included."""
+        start = time.perf_counter()
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        _, loss, _ = self.model.training_objective(batch)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model trains")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per loader run (after the first)")
+    parser.add_argument("--repeats", type=int, default=3, help="loader runs per worker count (median reported)")
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per model setting")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per model setting")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    opts = parser.parse_args()
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but no CUDA device is available")
+    if min(opts.batches, opts.repeats, opts.steps) < 1 or opts.warmup < 0 or min(opts.workers) < 0:
+        parser.error("--batches, --repeats and --steps must be >= 1, --warmup and --workers >= 0")
+    device = torch.device(opts.device)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+
+    torch.manual_seed(SEED)
+    dm = DemoDataModule(batch_size=opts.batch_size)  # as in configs/demo.yaml: augment on, 64 x 64 images
+    dm.setup("fit")
+    epoch = len(dm.train_dataloader())
+    if epoch < 2:
+        parser.error(f"--batch_size {opts.batch_size} leaves {epoch} training batches; need 2")
+    batches = min(opts.batches, epoch - 1)  # within one epoch: the workers start once
+
+    load = os.getloadavg()[0]
+    # Delivered, round-robin over the worker counts.
+    startup: dict[int, list[float]] = {w: [] for w in opts.workers}
+    rate: dict[int, list[float]] = {w: [] for w in opts.workers}
+    for _ in range(opts.repeats):
+        for workers in opts.workers:
+            seconds, samples_per_s = delivery(dm, workers, batches)
+            startup[workers].append(seconds)
+            rate[workers].append(samples_per_s)
+
+    # Consumed, the two settings step by step in turn.
+    dm.num_workers = 0
+    loaded = list(islice(dm.train_dataloader(), NUM_BATCHES))
+    trainees = {"encoders trained": Trainee(dm, False, device), "encoders frozen": Trainee(dm, True, device)}
+    step_times: dict[str, list[float]] = {name: [] for name in trainees}
+    for i in range(opts.warmup + opts.steps):
+        for name, trainee in trainees.items():
+            seconds = trainee.step_seconds(loaded[i % NUM_BATCHES])
+            if i >= opts.warmup:
+                step_times[name].append(seconds)
+    consumed = {name: opts.batch_size / statistics.median(times) for name, times in step_times.items()}
+    load = max(load, os.getloadavg()[0])
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"DataModule delivery vs training consumption: torch {torch.__version__}, model on {where};", end="")
+    print(f" 1-min load average {load:.1f} on {os.cpu_count()} CPUs")
+    print(f"DemoDataModule: {dm.image_size} x {dm.image_size} images, augment {dm.augment},", end="")
+    print(f" batch {opts.batch_size}; delivered: median of {opts.repeats} runs of {batches} batches after the first")
+    print(f"consumed: training step on loaded batches, median of {opts.steps} steps after {opts.warmup} warm-up:")
+    for name, samples_per_s in consumed.items():
+        ms = statistics.median(step_times[name]) * 1e3
+        print(f"  {name}: {samples_per_s:,.0f} samples/s ({ms:.0f} ms/step)")
+    print("\n| workers | delivered samples/s | start-up s | delivered / consumed, encoders trained |", end="")
+    print(" delivered / consumed, encoders frozen |")
+    print("|---:|---:|---:|---:|---:|")
+    for workers in opts.workers:
+        delivered = statistics.median(rate[workers])
+        print(
+            f"| {workers} | {delivered:,.0f} | {statistics.median(startup[workers]):.2f} | "
+            f"{delivered / consumed['encoders trained']:.2f} | {delivered / consumed['encoders frozen']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
