@@ -4,6 +4,7 @@ carry so that a trained model needs no training data, and the class check agains
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,26 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
         model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     return checkpoint
+
+
+def plain_config(value: Any) -> Any:
+    """``value`` with classes and ``functools.partial`` factories written as ``{"class_path", "init_args"}``
+    dicts (as LightningCLI configs hold them) and other objects as their ``repr``: what a checkpoint's
+    ``hyper_parameters`` of a model built in Python must become to load with ``weights_only=True``."""
+    if isinstance(value, (str, int, float, bool, type(None), torch.Tensor)):
+        return value
+    if isinstance(value, dict):
+        return {key: plain_config(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_config(item) for item in value)
+    if isinstance(value, partial):
+        inner = plain_config(value.func)
+        init = {**(inner.get("init_args", {}) if isinstance(inner, dict) else {}), **plain_config(value.keywords)}
+        path = inner["class_path"] if isinstance(inner, dict) else inner
+        return {"class_path": path, "init_args": init, **({"args": plain_config(value.args)} if value.args else {})}
+    if callable(value) and hasattr(value, "__qualname__"):  # a class or a function
+        return {"class_path": f"{value.__module__}.{value.__qualname__}"}
+    return repr(value)
 
 
 def tokenizer_state(tokenizer: PreTrainedTokenizerBase | None) -> dict[str, Any] | None:

@@ -47,6 +47,7 @@ class ImageEncoder(nn.Module):
         self.level_dims: list[int] = channels[-num_levels:]
         self.token_dim: int = channels[-1]
         self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
+        self.channels_last = False  # set by the model's channels_last option: images are converted on entry
 
     @property
     def wants_pretrained(self) -> bool:
@@ -62,6 +63,8 @@ class ImageEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, *, tokens: bool = False, levels: bool = False) -> Encoded:
         """Encode ``image`` [B, 3, H, W]; ``tokens``/``levels`` ask for the extra outputs."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         if levels:
             features, stages = self.model.forward_intermediates(image, indices=self.num_levels)
             level_vectors = [stage.mean(dim=(2, 3)) for stage in stages]  # NCHW for CNNs and ViTs alike

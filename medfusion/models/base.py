@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import PreTrainedTokenizerFast
 
-from medfusion.checkpoints import check_class_names, tokenizer_state
+from medfusion.checkpoints import check_class_names, plain_config, tokenizer_state
 from medfusion.heads import Head, MLPHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
@@ -210,15 +210,13 @@ class ClassifierModule(L.LightningModule):
         """The GPU options: channels-last memory layout and ``torch.compile`` of every sub-module on the path."""
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
+            for module in self.modules():
+                if hasattr(module, "channels_last"):  # image encoders convert their input batch
+                    module.channels_last = True
         if self.hparams.compile:
             for module in (*self.encoders(), getattr(self, "fusion", None), self.head):
                 if module is not None and module._compiled_call_impl is None:
                     module.compile()
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.hparams.channels_last and isinstance(batch, dict) and "image" in batch:
-            batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
-        return batch
 
     def setup(self, stage: str) -> None:
         # Pretrained weights load when a fit starts, never when a model is rebuilt from a checkpoint.
@@ -232,6 +230,8 @@ class ClassifierModule(L.LightningModule):
         that ``test``/``predict`` work without the training data (see ``MultimodalDataModule.from_checkpoint``)."""
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
+        # a model built in Python holds classes and partials there: plain values keep the file weights_only-safe
+        checkpoint["hyper_parameters"] = plain_config(checkpoint.get("hyper_parameters", {}))
         checkpoint["medfusion"] = {
             "class_names": list(self.class_names),
             "class_counts": self.hparams.class_counts,
