@@ -220,14 +220,15 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def mean_interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float, float, float]:
-    """``(mean, std, low, high)`` over seeds: the Student-t interval of the mean (NaN bounds for one seed)."""
+    """``(mean, std, low, high)`` over seeds: the Student-t interval of the mean, clipped to [0, 1] (NaN bounds
+    for one seed)."""
     values = values.dropna().astype(float)
     n, mean = len(values), float(values.mean()) if len(values) else math.nan
     if n < 2:
         return mean, math.nan, math.nan, math.nan
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return mean, std, mean - half, mean + half
+    return mean, std, max(mean - half, 0.0), min(mean + half, 1.0)  # every leaderboard metric lies in [0, 1]
 
 
 def leaderboard(

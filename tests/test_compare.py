@@ -117,6 +117,7 @@ def test_the_leaderboard_reports_the_t_interval_over_seeds() -> None:
     single = board.set_index("fusion").loc["mul"]  # one seed: no spread, no interval
     assert math.isnan(single["macro_f1_std"]) and math.isnan(single["macro_f1_ci_low"])
     assert list(compare.leaderboard(table, metric="ece", metrics=["ece"])["fusion"]) == ["mul", "gated", "concat"]
+    assert compare.mean_interval(pd.Series([0.99, 0.2, 1.0]))[2:] == (0.0, 1.0)  # clipped to the metric's range
     table_md = compare.markdown(board, metrics=["macro_f1"])
     assert f"0.820 ± 0.020 [{0.82 - half:.3f}, {0.82 + half:.3f}]" in table_md
     assert "| 1 | mul | mlp | 0.950 |" in table_md
