@@ -23,17 +23,13 @@ import argparse
 import os
 import statistics
 import time
-from functools import partial
 from itertools import islice
 from typing import Any
 
 import torch
+from overhead import build_model  # the same demo model (benchmarks/ is on the path when a script runs)
 
 from medfusion.data import DemoDataModule
-from medfusion.encoders import ImageEncoder, TextEncoder
-from medfusion.fusion import ConcatFusion
-from medfusion.heads import MLPHead
-from medfusion.models import MultimodalClassifier
 
 Batch = dict[str, Any]
 SEED = 0
@@ -53,25 +49,6 @@ def delivery(dm: DemoDataModule, workers: int, batches: int) -> tuple[float, flo
     seconds = time.perf_counter() - first
     del iterator  # shuts the workers down (not timed)
     return first - start, samples / seconds
-
-
-def build_model(dm: DemoDataModule, freeze_encoders: bool) -> MultimodalClassifier:
-    """The demo model (configs/demo.yaml), seeded."""
-    torch.manual_seed(SEED)
-    return MultimodalClassifier(
-        image_encoder=partial(ImageEncoder, model_name="resnet18"),
-        text_encoder=partial(TextEncoder, model_name="tiny"),
-        fusion=ConcatFusion,
-        fusion_dim=256,
-        head=MLPHead,
-        num_classes=dm.num_classes,
-        class_names=dm.class_names,
-        class_counts=dm.class_counts,
-        vocab_size=dm.vocab_size,
-        lr=1e-3,
-        scheduler="constant",
-        freeze_encoders=freeze_encoders,
-    )
 
 
 class Trainee:
