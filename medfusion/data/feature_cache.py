@@ -113,10 +113,15 @@ class FeatureStore:
     def encoded(self, rows: np.ndarray) -> dict[str, Any]:
         """The fields of these rows as tensors, keyed like :class:`~medfusion.encoders.Encoded` (token padding
         trimmed to the longest real sequence among them)."""
-        take = {name: torch.from_numpy(np.ascontiguousarray(array[rows])) for name, array in self.arrays.items()}
+        take = {
+            name: torch.from_numpy(np.ascontiguousarray(array[rows]))
+            for name, array in self.arrays.items()
+            if name != "present"  # read by the dataset, once
+        }
         out: dict[str, Any] = {"pooled": take["pooled"]}
         if "tokens" in take:
-            length = max(1, int(take["mask"].any(0).nonzero().max()) + 1) if bool(take["mask"].any()) else 1
+            real = take["mask"].any(0).nonzero()
+            length = int(real.max()) + 1 if len(real) else 1
             out["tokens"], out["mask"] = take["tokens"][:, :length], take["mask"][:, :length]
         levels = sorted((name for name in take if name.startswith("level")), key=lambda n: int(n[5:]))
         if levels:
