@@ -36,7 +36,9 @@ class Evaluation(Callback):
       as ``<prefix><metric>_ci_low`` / ``_ci_high`` (so they reach ``metrics.json`` and every logger);
     - writes ``evaluation/<set>_confusion_matrix.{csv,png}``, ``<set>_classification_report.csv`` and
       ``<set>_embedding_map.png`` (t-SNE of the features before the head, coloured by class) in the run dir,
-      and logs the images, a W&B confusion matrix and a per-class table;
+      and logs the images, a W&B confusion matrix and a per-class table; a class with no samples in the test set
+      is reported with support 0, warned about and, if also never predicted, shown ``n/a`` and left out of the
+      macro averages (the convention of :mod:`medfusion.evaluation`, the same as the logged metrics');
     - with ``temperature_scaling``, first fits the temperature of the logits on the validation set
       (Guo et al. 2017; also before ``predict``) and logs it as ``test/temperature``.
 
@@ -165,6 +167,12 @@ class Evaluation(Callback):
         cm_png = out_dir / f"{stem}_confusion_matrix.png"
         write_confusion_matrix(cm, class_names, out_dir / f"{stem}_confusion_matrix.csv", cm_png, title=stem)
         report = classification_report(cm, class_names)
+        absent = [name for name, support in zip(class_names, cm.sum(1).tolist(), strict=True) if support == 0]
+        if absent:
+            rank_zero_warn(
+                f"{stem}: no samples of class(es) {', '.join(absent)}; those never predicted are left out of the "
+                "macro averages (n/a in the classification report), those predicted score 0"
+            )
         write_classification_report(report, out_dir / f"{stem}_classification_report.csv")
         log_image(trainer, f"{stem}/confusion_matrix", cm_png)
         log_confusion_matrix(trainer, f"{stem}/confusion_matrix_plot", labels.tolist(), preds.tolist(), class_names)

@@ -1,4 +1,15 @@
-"""Evaluation utilities: bootstrap confidence intervals, calibration, confusion matrices, reports, embedding maps."""
+"""Evaluation utilities: bootstrap confidence intervals, calibration, confusion matrices, reports, embedding maps.
+
+Macro averages, everywhere in medfusion (the logged torchmetrics of :mod:`medfusion.metrics`, the classification
+report, the bootstrap), follow one convention, torchmetrics' and scikit-learn's with the labels taken from the data:
+
+- precision, recall (= balanced accuracy) and F1 average over the classes that occur in the evaluated set's targets
+  or predictions (``tp + fp + fn > 0``); within them a 0/0 ratio counts 0 (a class never predicted has precision 0,
+  a class predicted but absent from the targets has recall 0: all its predictions are false positives);
+- a class absent from both targets and predictions has no defined value and is left out, so a class missing from a
+  test split does not pull the averages towards 0 (the report shows it with support 0 and ``n/a``);
+- macro AUROC averages over the classes with at least one positive and one negative target (undefined otherwise).
+"""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 A bootstrap resample of N predictions is represented by the multinomial counts of how often each sample was
 drawn, so R resamples are a weight matrix ``[R, N]`` and every metric is computed for all of them at once.
-With unit weights the metrics match torchmetrics 1.x multiclass metrics (micro accuracy, macro recall, macro F1,
-where the macro averages skip classes with ``tp + fp + fn == 0``), except that macro AUROC averages only over the
-classes that have both positive and negative weight (torchmetrics scores such classes 0 and keeps them).
+Macro averages follow the convention of :mod:`medfusion.evaluation`, within each resample: with unit weights the
+metrics equal the logged ones of :func:`medfusion.metrics.classification_metrics` (micro accuracy; macro recall and
+F1 over the classes with ``tp + fp + fn > 0``; macro AUROC over the classes with positive and negative weight).
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ def bootstrap_ci(
     """Percentile-bootstrap ``(low, high)`` confidence interval of each metric of ``weighted_metrics``.
 
     Resamples are drawn on the CPU from a ``torch.Generator`` seeded with ``seed`` (same inputs and seed give
-    the same intervals) and evaluated in chunks of at most ~4M resample-samples. Resamples where macro AUROC is
-    undefined are ignored for that metric (NaN interval if all are).
+    the same intervals) and evaluated in chunks of at most ~4M resample-samples. A class that a resample does not
+    contain (in its targets or predictions) is left out of that resample's macro averages, as for the point
+    estimate; resamples where macro AUROC is undefined are ignored for that metric (NaN interval if all are).
     """
     _validate_predictions(probs, labels)
     if num_resamples < 1:

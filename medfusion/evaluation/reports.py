@@ -18,6 +18,8 @@ from torch import Tensor
 
 _DPI = 120
 REPORT_COLUMNS = ("class", "precision", "recall", "f1", "support")
+_SCORES = ("precision", "recall", "f1")
+ReportRow = dict[str, float | str | int | None]  # a score is None where undefined (class in no target, no prediction)
 
 
 def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -43,52 +45,61 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
-def classification_report(cm: Tensor, class_names: Sequence[str]) -> list[dict[str, float | str | int]]:
+def _average(values: Sequence[float | None], weights: Sequence[float]) -> float | None:
+    """Weighted mean of the defined (not None) values; None if no value with positive weight is defined."""
+    pairs = [(value, weight) for value, weight in zip(values, weights, strict=True) if value is not None]
+    total = sum(weight for _, weight in pairs)
+    return sum(value * weight for value, weight in pairs) / total if total else None
+
+
+def classification_report(cm: Tensor, class_names: Sequence[str]) -> list[ReportRow]:
     """Per-class precision, recall, F1 and support, then ``macro avg`` and ``weighted avg`` rows (like sklearn).
 
-    Every class of ``cm`` is reported and averaged, including classes without samples; zero divisions give 0.0.
+    Follows the macro-average convention of :mod:`medfusion.evaluation`, so ``macro avg`` equals the logged
+    ``macro_precision``/``macro_recall`` (= ``balanced_acc``)/``macro_f1``: a class absent from both the targets and
+    the predictions gets support 0 and None (no defined value) and is left out of the averages; in every other class
+    a zero division gives 0.0. Each average row is the mean of the non-None cells above it (weighted by support).
     """
     _check_matrix(cm, class_names)
     cm = cm.detach().cpu().to(torch.float64)
     tp, true_counts, pred_counts = cm.diagonal().tolist(), cm.sum(1).tolist(), cm.sum(0).tolist()
-    rows: list[dict[str, float | str | int]] = []
+    rows: list[ReportRow] = []
+    scores: dict[str, list[float | None]] = {key: [] for key in _SCORES}
     for name, hits, support, predicted in zip(class_names, tp, true_counts, pred_counts, strict=True):
-        precision, recall = _ratio(hits, predicted), _ratio(hits, support)
-        rows.append(
+        occurs = support > 0 or predicted > 0
+        values = (_ratio(hits, predicted), _ratio(hits, support), _ratio(2 * hits, support + predicted))
+        for key, value in zip(_SCORES, values, strict=True):
+            scores[key].append(value if occurs else None)
+        rows.append({"class": name, **{key: scores[key][-1] for key in _SCORES}, "support": int(support)})
+    averages: list[ReportRow] = []
+    for average, class_weights in (("macro avg", [1.0] * len(rows)), ("weighted avg", true_counts)):
+        averages.append(
             {
-                "class": name,
-                "precision": precision,
-                "recall": recall,
-                "f1": _ratio(2 * precision * recall, precision + recall),
-                "support": int(support),
+                "class": average,
+                **{key: _average(scores[key], class_weights) for key in _SCORES},
+                "support": int(sum(true_counts)),
             }
         )
-    averages: list[dict[str, float | str | int]] = []
-    for average, class_weights in (("macro avg", [1.0] * len(rows)), ("weighted avg", true_counts)):
-        row: dict[str, float | str | int] = {"class": average}
-        for key in ("precision", "recall", "f1"):
-            weighted_sum = sum(w * float(r[key]) for w, r in zip(class_weights, rows, strict=True))
-            row[key] = _ratio(weighted_sum, sum(class_weights))
-        row["support"] = int(sum(true_counts))
-        averages.append(row)
     return rows + averages
 
 
-def write_classification_report(rows: Sequence[dict[str, float | str | int]], path: Path) -> None:
-    """Write ``classification_report`` rows as CSV (class,precision,recall,f1,support; floats to 4 decimals)."""
+def _cell(value: float | str | int | None) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
+def write_classification_report(rows: Sequence[ReportRow], path: Path) -> None:
+    """Write ``classification_report`` rows as CSV (class,precision,recall,f1,support; floats to 4 decimals).
+
+    Undefined values (classes absent from the targets and the predictions) are written ``n/a``, which pandas
+    reads as NaN.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(REPORT_COLUMNS)
         for row in rows:
-            writer.writerow(
-                [
-                    row["class"],
-                    *(f"{float(row[key]):.4f}" for key in ("precision", "recall", "f1")),
-                    int(row["support"]),
-                ]
-            )
+            writer.writerow([row["class"], *(_cell(row[key]) for key in _SCORES), row["support"]])
 
 
 def write_confusion_matrix(
