@@ -16,6 +16,7 @@ _EXPORTS = {
     "DemoDataModule": "medfusion.data",
     "TestSet": "medfusion.data",
     "DataError": "medfusion.data",
+    "ConfigError": "medfusion.data",
     "ImageEncoder": "medfusion.encoders",
     "TextEncoder": "medfusion.encoders",
     "Encoded": "medfusion.encoders",

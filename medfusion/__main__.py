@@ -1,3 +1,3 @@
-from medfusion.cli import main
+from medfusion.cli import console
 
-main()
+console()

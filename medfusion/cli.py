@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +19,16 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medfusion.callbacks import Evaluation, Explanations, MetricsJSON, PredictionWriter, ValidationPredictions
+from medfusion.checkpoints import CheckpointError, fetch_remote, is_remote
 from medfusion.data import MultimodalDataModule
+from medfusion.data.demo import default_cache_dir
+from medfusion.data.errors import ConfigError, DataError, check_option
 from medfusion.data.transforms import eval_transform
-from medfusion.models import ClassifierModule
-from medfusion.resume import AtomicCheckpointIO, resolve_resume
+from medfusion.models import ClassifierModule, DivergedError
+from medfusion.resume import SafeCheckpointIO, resolve_resume
+
+# Errors about the user's input, printed as themselves (no traceback) with exit status 2.
+INPUT_ERRORS = (DataError, ConfigError, CheckpointError)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -88,6 +95,34 @@ def use_checkpoint_data(config: Namespace) -> None:
         init["from_checkpoint"] = ckpt
 
 
+def localize_checkpoint(config: Namespace) -> None:
+    """A URL ``--ckpt_path`` is refused unless ``--allow_remote_ckpt true``; then it is downloaded once into
+    ``$MEDFUSION_CACHE/checkpoints`` and that local copy is used (loaded weights-only, like every checkpoint)."""
+    ckpt = config.get("ckpt_path")
+    if not ckpt or not is_remote(ckpt):
+        return
+    cache = default_cache_dir().parent / "checkpoints"
+    if not config.get("allow_remote_ckpt"):
+        raise CheckpointError(
+            f"Refusing the remote checkpoint --ckpt_path {ckpt}: medfusion loads local files unless asked. Fix: "
+            "download it and pass the local path, or add --allow_remote_ckpt true (it is then downloaded into "
+            f"{cache} and still loaded weights-only, so no code in it runs)."
+        )
+    config.ckpt_path = str(fetch_remote(ckpt, cache))
+
+
+def own_best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The best checkpoint of this run: the checkpoint callback's best path when it lies in that callback's own
+    directory and exists; None otherwise (a resumed checkpoint's callback state may name another run's file)."""
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    dirpath = getattr(callback, "dirpath", None)
+    if not best or dirpath is None:
+        return None
+    path = Path(best)
+    return best if path.is_file() and path.resolve().parent == Path(dirpath).resolve() else None
+
+
 class MedfusionCLI(LightningCLI):
     """LightningCLI with the datamodule's class info linked into the model and result files written."""
 
@@ -102,9 +137,16 @@ class MedfusionCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint (fit only)."
         )
+        parser.add_argument(
+            "--allow_remote_ckpt",
+            type=bool,
+            default=False,
+            help="Accept a URL as --ckpt_path: download it, then load it weights-only like a local file.",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        localize_checkpoint(config)
         name_wandb_runs(config)
         if self.subcommand == "fit":
             resolve_resume(config)
@@ -112,16 +154,35 @@ class MedfusionCLI(LightningCLI):
             use_checkpoint_data(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """The configured trainer, with atomic checkpoint writes (unless the config names its own checkpoint IO)."""
+        """The configured trainer, with safe, atomic checkpoint IO (unless the config names its own)."""
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
         return trainer
+
+    def before_fit(self) -> None:
+        """Fail before training, not after it, when ``test_after_fit`` has nothing to test."""
+        if self.config.fit.test_after_fit and not any(getattr(self.datamodule, "test_sizes", {"test": 1}).values()):
+            raise ConfigError(
+                "test_after_fit is set, but the data has no test rows (the split column names no 'test' rows and "
+                "there are no data.test_sets). Fix: add test rows or data.test_sets, or set --test_after_fit false."
+            )
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
-            has_best = bool(getattr(self.trainer.checkpoint_callback, "best_model_path", ""))
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+            best = own_best_checkpoint(self.trainer)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+
+    def after_predict(self) -> None:
+        """One summary line; a non-zero :attr:`exit_status` when some rows could not be predicted."""
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
+        if writer is None or writer.summary is None:
+            return
+        total, failed, path = writer.summary
+        if self.trainer.is_global_zero:
+            note = f"; {failed} could not be predicted (status 'error', see the error column)" if failed else ""
+            print(f"Predictions for {total} samples written to {path}{note}", file=sys.stderr if failed else sys.stdout)
+        self.exit_status = 1 if failed else 0
 
 
 def demo_data_main(argv: Sequence[str]) -> None:
@@ -134,7 +195,18 @@ def demo_data_main(argv: Sequence[str]) -> None:
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--long_tail", action="store_true", help="HAM10000-like class proportions")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty OUT_DIR")
     args = parser.parse_args(argv)
+    check_option("num_samples", args.num_samples, args.num_samples >= 1, "at least 1")
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"demo-data: {out_dir} exists and is not a directory. Fix: name a new or empty folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
+        raise ConfigError(
+            f"demo-data: {out_dir} is not empty ({', '.join(sorted(p.name for p in out_dir.iterdir())[:5])}); "
+            "writing there would replace files such as metadata.csv and reports.json. "
+            "Fix: name a new or empty folder, or add --overwrite."
+        )
     out = make_demo_data(
         args.out_dir, num_samples=args.num_samples, image_size=args.image_size, seed=args.seed, long_tail=args.long_tail
     )
@@ -168,7 +240,7 @@ def explain_main(argv: Sequence[str]) -> None:
         auto_configure_optimizers=False,
     )
     model, datamodule = cli.model, cli.datamodule
-    load_weights(model, args.ckpt_path)
+    load_weights(model, args.ckpt_path)  # local files only, weights-only, finite weights
     datamodule.setup(None)
     samples = find_samples(datamodule, args.ids, args.num_samples)
     explanations = explain_batch(
@@ -248,23 +320,73 @@ DESCRIPTION = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``medfusion`` console script."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a ``medfusion`` command; returns its exit status (1 when ``predict`` could not predict some rows).
+    Errors propagate as exceptions; :func:`console` is the console script that prints them."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
         EXTRA_COMMANDS[args[0]](args[1:])
-        return
-    MedfusionCLI(
-        ClassifierModule,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=None if argv is None else args,
-        auto_configure_optimizers=False,
-        save_config_callback=LoggerSaveConfigCallback,
-        parser_kwargs={"description": DESCRIPTION},
-    )
+        return 0
+    try:
+        cli = MedfusionCLI(
+            ClassifierModule,
+            MultimodalDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            auto_configure_optimizers=False,
+            save_config_callback=LoggerSaveConfigCallback,
+            parser_kwargs={"description": DESCRIPTION},
+        )
+    except Exception as err:
+        found = user_error(err)
+        if found is None or found is err:
+            raise
+        raise found from None  # the DataError itself, not jsonargparse's wrapper around it
+    return getattr(cli, "exit_status", 0)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The input error (:data:`INPUT_ERRORS`) or :class:`DivergedError` behind ``err``: itself, or one it was raised
+    from (jsonargparse wraps errors raised while the classes are built)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (*INPUT_ERRORS, DivergedError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def message_of(err: BaseException) -> str:
+    """The error's own message, without the worker traceback a DataLoader worker process puts in front of it."""
+    text = str(err)
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    if text.startswith("Caught ") and "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()
+
+
+def console(argv: Sequence[str] | None = None) -> None:
+    """The ``medfusion`` console script: :func:`main`, with bad input (data, options, checkpoints) and diverged
+    training printed as themselves (exit status 2 and 1), no traceback. ``--debug`` or ``MEDFUSION_DEBUG=1`` shows
+    the traceback instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MEDFUSION_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        status = main(args)
+    except Exception as err:
+        found = user_error(err)
+        if found is None or debug:
+            raise
+        sys.stdout.flush()
+        kind = "training stopped" if isinstance(found, DivergedError) else "bad input"
+        print(f"\nmedfusion: {kind} ({type(found).__name__}; --debug shows the traceback):", file=sys.stderr)
+        print(message_of(found), file=sys.stderr)
+        sys.exit(1 if isinstance(found, DivergedError) else 2)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    main()
+    console()

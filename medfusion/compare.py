@@ -112,7 +112,7 @@ def quiet_lightning() -> Iterator[None]:
 def run_cell(cell: Cell, base: Sequence[str], overrides: Sequence[str], cell_dir: Path, keep_checkpoints: bool) -> dict:
     """Fit, then test the best checkpoint; returns (and writes as ``result.json``) the test metrics, the parameter
     counts and the fit and test times. A half-finished directory of an earlier attempt is removed first."""
-    from medfusion.cli import LoggerSaveConfigCallback, MedfusionCLI
+    from medfusion.cli import LoggerSaveConfigCallback, MedfusionCLI, own_best_checkpoint
     from medfusion.data import MultimodalDataModule
     from medfusion.models import ClassifierModule
 
@@ -131,8 +131,7 @@ def run_cell(cell: Cell, base: Sequence[str], overrides: Sequence[str], cell_dir
     start = time.perf_counter()
     trainer.fit(model, datamodule=cli.datamodule)
     fit_s = time.perf_counter() - start
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    trainer.test(model, datamodule=cli.datamodule, ckpt_path="best" if best else None, verbose=False)
+    trainer.test(model, datamodule=cli.datamodule, ckpt_path=own_best_checkpoint(trainer), verbose=False)
     test_s = time.perf_counter() - start - fit_s
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test")}
     result = {

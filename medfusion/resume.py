@@ -1,4 +1,5 @@
-"""Surviving interruptions: atomic checkpoint writes, per-epoch seeds, and resuming a run in its own directory."""
+"""Surviving interruptions: safe, atomic checkpoint reads and writes, per-epoch seeds, and resuming a run in its
+own directory."""
 
 from __future__ import annotations
 
@@ -14,19 +15,37 @@ from jsonargparse import Namespace
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from medfusion.checkpoints import CheckpointError, is_remote, load_safely
+
 RUN_FILES = ("metrics.csv", "config.yaml", "hparams.yaml", "metrics.json")
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file in the same directory, ``fsync``, then ``os.replace``: a process killed
-    while saving leaves the previous checkpoint intact, never a truncated one. Remote paths use Lightning's own."""
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO made safe both ways.
+
+    Loading: local files only, ``weights_only=True`` (no code in a file runs), and a :class:`CheckpointError` naming
+    the file for anything unreadable (see :func:`~medfusion.checkpoints.load_safely`). Saving: ``torch.save`` to a
+    temporary file in the same directory, ``fsync``, then ``os.replace``, so a process killed while saving leaves the
+    previous checkpoint intact, never a truncated one; the temporary files of such killed processes are removed
+    the next time a checkpoint is saved in that directory. Remote save paths use Lightning's own writer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[Path] = set()
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_safely(path, map_location=map_location if map_location is not None else "cpu")
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        if "://" in str(path):
+        if is_remote(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._swept:
+            remove_stale_temporaries(path.parent)
+            self._swept.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with tmp.open("wb") as f:
@@ -36,6 +55,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete ``.<name>.ckpt.<pid>.tmp`` files left in ``directory`` by checkpoint writes whose process died."""
+    removed = []
+    for tmp in directory.glob(".*.ckpt.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        rank_zero_info(f"Removed {len(removed)} partial checkpoint file(s) of interrupted writes in {directory}")
+    return removed
 
 
 def epoch_seed(epoch: int, seed: int | None = None) -> int:
@@ -86,7 +128,7 @@ def resolve_resume(config: Namespace) -> Path | None:
     if ckpt == "last":
         runs = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1]))
         if not runs:
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"--ckpt_path last: no {base}/*/checkpoints/last.ckpt to resume from; pass the checkpoint's path "
                 "or train without --ckpt_path (ModelCheckpoint needs save_last: true)"
             )

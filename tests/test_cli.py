@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from medfusion.checkpoints import CheckpointError
 from medfusion.cli import find_samples, main
+from medfusion.models import DivergedError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 pytestmark = pytest.mark.slow
@@ -86,7 +88,8 @@ def test_test_and_predict_from_a_checkpoint(fitted) -> None:
     main(["predict", *args, f"--ckpt_path={best}"])
     rows = list(csv.DictReader((root / "runs" / "demo" / "version_2" / "predictions.csv").open()))
     class_names = ["akiec", "bcc", "bkl", "df", "mel", "nv"]
-    assert list(rows[0]) == ["id", "prediction", *(f"prob_{c}" for c in class_names)]
+    assert list(rows[0]) == ["id", "prediction", *(f"prob_{c}" for c in class_names), "status", "error"]
+    assert {r["status"] for r in rows} == {"ok"}
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == 18  # the test split, each id once
     for row in rows:
@@ -204,6 +207,20 @@ def test_ddp_predict_writes_every_id_once(fitted) -> None:
                 assert float(row[key]) == pytest.approx(float(by_id[row["id"]][key]), abs=1e-5)
 
 
+def test_ddp_a_diverging_fit_stops_every_rank(fitted) -> None:
+    """A NaN loss under 2-process DDP stops both ranks together (no hang), saving nothing; exit status 1."""
+    root, args, _ = fitted
+    out = root / "ddp_diverged"
+    command = ["fit", *args, "--model.lr=1e6", f"--trainer.logger.init_args.save_dir={out}", *DDP]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", "medfusion", *command], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "training stopped (DivergedError" in result.stderr and "The training loss is nan at step" in result.stderr
+    assert not list(out.rglob("*.ckpt"))
+
+
 def test_demo_data_command(tmp_path) -> None:
     main(["demo-data", str(tmp_path / "demo"), "--num_samples=30", "--image_size=16"])
     rows = list(csv.DictReader((tmp_path / "demo" / "metadata.csv").open()))
@@ -225,32 +242,10 @@ def test_predict_needs_no_training_data(fitted) -> None:
     checkpoint, and the predictions equal those made with the training data at hand."""
     root, args, run = fitted
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    source = root / "data"
-    rows = list(csv.DictReader((source / "metadata.csv").open()))[:12]
-    new = root / "new_site"
-    (new / "images").mkdir(parents=True)
-    reports = json.loads((source / "reports.json").read_text())
-    for row in rows:
-        image = next((source / "images").rglob(f"{row['image_id']}.*"))
-        (new / "images" / image.name).write_bytes(image.read_bytes())
-    (new / "cases.csv").write_text("image_id\n" + "".join(f"{r['image_id']}\n" for r in rows))
-    (new / "reports.json").write_text(json.dumps({r["image_id"]: reports[r["image_id"]] for r in rows}))
-    model_args = [a for a in args if not a.startswith("--data.")]
+    rows = list(csv.DictReader((root / "data" / "metadata.csv").open()))[:12]
     out = root / "new_site_runs"
-    main(
-        [
-            "predict",
-            *model_args,
-            f"--ckpt_path={best}",
-            "--data=medfusion.data.MultimodalDataModule",
-            f"--data.predict_csv={new / 'cases.csv'}",
-            f"--data.image_dir={new / 'images'}",
-            f"--data.text_json={new / 'reports.json'}",
-            "--data.image_size=32",
-            "--data.batch_size=16",
-            f"--trainer.logger.init_args.save_dir={out}",
-        ]
-    )
+    site = new_site(root, "new_site", 12)
+    main(["predict", *site_args(args, site, out), f"--ckpt_path={best}", "--data.batch_size=16"])
     predicted = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
     assert [r["id"] for r in predicted] == [r["image_id"] for r in rows]
     model, data = _model_and_data(args, best)
@@ -288,3 +283,107 @@ def test_a_checkpoint_of_other_classes_is_refused_naming_both(fitted) -> None:
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     with pytest.raises(ValueError, match=r"trained on the classes \['akiec', .*'nv'\] but the data has \['nv', 'mel'"):
         main(["test", *args, f"--ckpt_path={best}", "--data.class_names=[nv, mel, bkl, bcc, akiec, df]"])
+
+
+def new_site(root: Path, name: str, count: int) -> Path:
+    """``count`` demo samples copied into their own folder (cases.csv, images/, reports.json), as another site's."""
+    source = root / "data"
+    rows = list(csv.DictReader((source / "metadata.csv").open()))[:count]
+    site = root / name
+    (site / "images").mkdir(parents=True)
+    reports = json.loads((source / "reports.json").read_text())
+    for row in rows:
+        image = next((source / "images").rglob(f"{row['image_id']}.*"))
+        (site / "images" / image.name).write_bytes(image.read_bytes())
+    (site / "cases.csv").write_text("image_id\n" + "".join(f"{r['image_id']}\n" for r in rows))
+    (site / "reports.json").write_text(json.dumps({r["image_id"]: reports[r["image_id"]] for r in rows}))
+    return site
+
+
+def site_args(args: list[str], site: Path, out: Path) -> list[str]:
+    return [
+        *(a for a in args if not a.startswith("--data.")),
+        "--data=medfusion.data.MultimodalDataModule",
+        f"--data.predict_csv={site / 'cases.csv'}",
+        f"--data.image_dir={site / 'images'}",
+        f"--data.text_json={site / 'reports.json'}",
+        "--data.image_size=32",
+        f"--trainer.logger.init_args.save_dir={out}",
+    ]
+
+
+def test_predict_keeps_a_row_for_an_unreadable_image(fitted, capsys) -> None:
+    """With on_bad_image: skip, an image that fails to decode gets a row with status 'error' and the reason, the
+    other nine their predictions, and the command returns exit status 1 with a summary naming the count."""
+    root, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    site = new_site(root, "site_with_bad_image", 10)
+    bad = sorted((site / "images").iterdir())[4]
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    out = root / "bad_image_runs"
+    extra = ["--data.on_bad_image=skip", "--data.verify_images=false", f"--ckpt_path={best}"]
+    status = main(["predict", *site_args(args, site, out), *extra])
+    rows = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
+    expected = (site / "cases.csv").read_text().splitlines()[1:]
+    assert [r["id"] for r in rows] == expected  # every requested id, once, in order
+    failed = [r for r in rows if r["status"] == "error"]
+    assert [r["id"] for r in failed] == [bad.stem]
+    assert failed[0]["prediction"] == "" and str(bad) in failed[0]["error"]
+    assert all(r["prediction"] and r["error"] == "" for r in rows if r["status"] == "ok")
+    summary = capsys.readouterr().err
+    assert status == 1 and "Predictions for 10 samples" in summary and "1 could not be predicted" in summary
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(fitted, tmp_path) -> None:
+    _, args, run = fitted
+    checkpoint = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    name = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
+    checkpoint["state_dict"][name][...] = float("nan")
+    diverged = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, diverged)
+    for command in ("test", "predict"):
+        out = tmp_path / command
+        with pytest.raises(CheckpointError, match=rf"diverged\.ckpt: 1 of \d+ weight tensors hold NaN .*{name}"):
+            main([command, *args, f"--ckpt_path={diverged}", f"--trainer.logger.init_args.save_dir={out}"])
+        assert not list(out.rglob("predictions.csv")) and not list(out.rglob("metrics.json"))
+
+
+def test_a_diverging_fit_stops_at_once_and_saves_nothing(fitted, tmp_path) -> None:
+    _, args, _ = fitted
+    out = tmp_path / "runs"
+    with pytest.raises(DivergedError, match=r"training loss is nan at step \d+ .*model\.lr=1000000\.0"):
+        main(["fit", *args, "--model.lr=1e6", "--trainer.max_epochs=3", f"--trainer.logger.init_args.save_dir={out}"])
+    assert not list(out.rglob("*.ckpt")) and not list(out.rglob("metrics.json"))
+
+
+def test_a_remote_checkpoint_loads_when_allowed(fitted, tmp_path, monkeypatch) -> None:
+    """--allow_remote_ckpt true downloads the file from a loopback server once and tests it like the local one."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    _, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "model.ckpt").write_bytes(best.read_bytes())
+    monkeypatch.setenv("MEDFUSION_CACHE", str(tmp_path / "cache"))
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/model.ckpt"
+        out = tmp_path / "remote"
+        main(
+            [
+                "test",
+                *args,
+                f"--ckpt_path={url}",
+                "--allow_remote_ckpt=true",
+                f"--trainer.logger.init_args.save_dir={out}",
+            ]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert read_metrics(out / "demo" / "version_0") == pytest.approx(read_metrics(run))

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from medfusion.checkpoints import CheckpointError
 from medfusion.cli import main
-from medfusion.resume import AtomicCheckpointIO, epoch_seed, seed_epoch
+from medfusion.resume import SafeCheckpointIO, epoch_seed, seed_epoch
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 TESTS = Path(__file__).parent
@@ -103,13 +104,13 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path) -> None:
 
 
 def test_resume_last_without_a_previous_run_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no .*last\.ckpt to resume from"):
+    with pytest.raises(CheckpointError, match=r"--ckpt_path last: no .*last\.ckpt to resume from"):
         main([*fit_args(tmp_path / "runs", tmp_path / "data", epochs=1), "--ckpt_path=last"])
 
 
 def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
+    io = SafeCheckpointIO()
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
 
     def dies_halfway(obj, f, *args, **kwargs) -> None:

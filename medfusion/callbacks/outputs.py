@@ -55,10 +55,14 @@ class MetricsJSON(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write ``id, prediction, prob_<class>...`` for every predicted sample, once, on rank zero.
+    """Write ``id, prediction, prob_<class>..., status, error`` for every requested sample, exactly once, on rank
+    zero, in the order of the prediction set.
 
-    Predictions of all DDP ranks are gathered; ids are written in first-seen order and an id
-    seen twice is written once, so no padding duplicate reaches the file.
+    Predictions of all DDP ranks are gathered and an id seen twice is written once, so no padding duplicate
+    reaches the file. A sample without a usable prediction (an unreadable image with ``data.on_bad_image: skip``,
+    a non-finite model output, or an id that never came back from the model) keeps its row, with empty prediction
+    and probabilities, ``status`` ``error`` and the reason in ``error``; the others have ``status`` ``ok``.
+    :attr:`summary` holds ``(rows, errors, path)`` after writing (on every rank).
 
     Args:
         output_path: the CSV path; default ``<run dir>/predictions.csv``.
@@ -67,25 +71,49 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_path: str | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.output_path = output_path
+        self.summary: tuple[int, int, Path] | None = None
 
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        local = [(i, p.tolist()) for b in batches for i, p in zip(b["id"], b["probs"].cpu(), strict=True)]
+        local = [
+            (i, p.tolist(), e)
+            for b in batches
+            for i, p, e in zip(b["id"], b["probs"].cpu(), b.get("error") or [None] * len(b["id"]), strict=True)
+        ]
         gathered = gather_objects(local)
         path = Path(self.output_path) if self.output_path else run_dir(trainer) / "predictions.csv"
-        if not trainer.is_global_zero:
-            return
-        class_names = list(getattr(pl_module, "class_names", []))
-        rows: dict[str, list[float]] = {}
+        results: dict[str, tuple[list[float], str | None]] = {}
         for part in gathered:
-            for sample_id, probs in part:
-                rows.setdefault(sample_id, probs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "prediction", *(f"prob_{c}" for c in class_names)])
-            for sample_id, probs in rows.items():
-                best = max(range(len(probs)), key=probs.__getitem__)
-                writer.writerow([sample_id, class_names[best], *(f"{p:.6f}" for p in probs)])
+            for sample_id, probs, error in part:
+                if error is None and not all(math.isfinite(p) for p in probs):
+                    error = "the model's output is not finite (NaN or infinity)"
+                results.setdefault(sample_id, (probs, error))
+        requested = requested_ids(trainer) or list(results)
+        lost = "not predicted: the sample never came back from the model"
+        rows = [(i, *results.get(i, ([], lost))) for i in dict.fromkeys(requested)]
+        self.summary = (len(rows), sum(error is not None for _, _, error in rows), path)
+        if trainer.is_global_zero:
+            write_predictions(path, rows, list(getattr(pl_module, "class_names", [])))
+
+
+def requested_ids(trainer: L.Trainer) -> list[str] | None:
+    """The ids of the datamodule's prediction set, when it has one (``datasets["predict"]``)."""
+    datasets = getattr(trainer.datamodule, "datasets", None) or {}
+    dataset = datasets.get("predict") if isinstance(datasets, dict) else None
+    return list(dataset.ids) if dataset is not None and hasattr(dataset, "ids") else None
+
+
+def write_predictions(path: Path, rows: Sequence[tuple[str, list[float], str | None]], class_names: list[str]) -> None:
+    """The predictions CSV: a row per ``(id, probs, error)``; an errored row has no prediction or probabilities."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "prediction", *(f"prob_{c}" for c in class_names), "status", "error"])
+        for sample_id, probs, error in rows:
+            if error is not None:
+                writer.writerow([sample_id, "", *([""] * len(class_names)), "error", error])
+                continue
+            best = max(range(len(probs)), key=probs.__getitem__)
+            writer.writerow([sample_id, class_names[best], *(f"{p:.6f}" for p in probs), "ok", ""])

@@ -2,6 +2,14 @@
 
 from medfusion.data.datamodule import DemoDataModule, MultimodalDataModule, TestSet
 from medfusion.data.dataset import Collate, MultimodalDataset
-from medfusion.data.errors import DataError
+from medfusion.data.errors import ConfigError, DataError
 
-__all__ = ["Collate", "DataError", "DemoDataModule", "MultimodalDataModule", "MultimodalDataset", "TestSet"]
+__all__ = [
+    "Collate",
+    "ConfigError",
+    "DataError",
+    "DemoDataModule",
+    "MultimodalDataModule",
+    "MultimodalDataset",
+    "TestSet",
+]

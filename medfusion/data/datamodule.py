@@ -22,14 +22,22 @@ from medfusion.data.errors import DataError
 from medfusion.data.feature_cache import CachedFeatures, as_batch, load_or_build
 from medfusion.data.images import ImageIndex, verify_images
 from medfusion.data.loaders import EpochSeededLoader
+from medfusion.data.options import check_data_options, check_demo_options
 from medfusion.data.samplers import DistributedWeightedSampler, class_balanced_weights
 from medfusion.data.splits import (
     check_groups_disjoint,
     check_splits_present,
+    rare_class_warnings,
     splits_from_column,
     stratified_group_split,
 )
-from medfusion.data.table import Records, infer_class_names, label_indices, read_records
+from medfusion.data.table import (
+    Records,
+    infer_class_names,
+    label_indices,
+    read_records,
+    resolve_equivalent_labels,
+)
 from medfusion.data.texts import read_text_json
 from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -71,15 +79,24 @@ class MultimodalDataModule(L.LightningDataModule):
         image_column: a column of image paths, when they differ from the ids.
         split_column: ``train``/``val``/``test`` per row; otherwise stratified random splits.
         group_column: patient or lesion id; a group never spans two splits.
+        csv_sep: the field separator of every CSV (``";"``, ``"\t"`` or ``"|"`` for files not comma-separated).
+        na_values: cell values that mean "missing" besides an empty cell (e.g. ``["NA", "n/a"]``); by default only
+            empty cells are missing, so ``NA``, ``None`` or ``null`` are text (a label ``NA`` is a class).
         class_names: the classes and their order; default: labels found in the CSV, sorted.
+        merge_equivalent_labels: labels that differ only in case, surrounding spaces or number format (``B`` and
+            ``b``, ``1`` and ``1.0``) are an error listing them (and, when ``class_names`` are known, the class meant);
+            with ``true`` they are merged, with a warning, into the class so spelled or else into the most frequent
+            spelling (ties: the first seen), in the training CSV and in every test set.
         modalities: which inputs to load: ``["image", "text"]``, ``["image"]`` or ``["text"]``.
         allow_missing: modalities a sample may lack (default none: a sample without one is an error). An image is
             missing when its ``image_column`` cell is empty (a path to no file stays an error); a text when the
             JSON has no entry for the id or the text (or text column cell) is empty. Batches mark them in
             ``image_present``/``text_present``; a sample with neither is an error. Needs a model that handles
             absent inputs (``MultimodalClassifier``).
-        val_ratio: fraction of groups for validation when there is no split column.
-        test_ratio: fraction of groups for testing when there is no split column.
+        val_ratio: fraction of groups for validation when there is no split column (``0 <= val_ratio < 1``).
+        test_ratio: fraction of groups for testing when there is no split column (``val_ratio + test_ratio < 1``).
+            Classes with no row in the val or test split, or (random splits) too few rows for all three, are
+            warned about: their per-class metrics are undefined there.
         seed: seed of the random split.
         test_sets: external test sets by name, each tested on its own (metrics ``test_<name>/...``).
         robustness: add two test sets built from the internal test split, ``no_text`` and ``no_image``, in which
@@ -131,7 +148,10 @@ class MultimodalDataModule(L.LightningDataModule):
         image_column: str | None = None,
         split_column: str | None = None,
         group_column: str | None = None,
+        csv_sep: str = ",",
+        na_values: list[str] | None = None,
         class_names: list[str] | None = None,
+        merge_equivalent_labels: bool = False,
         modalities: list[Modality] | None = None,
         allow_missing: list[Modality] | None = None,
         val_ratio: float = 0.15,
@@ -156,6 +176,18 @@ class MultimodalDataModule(L.LightningDataModule):
         feature_cache: str | None = None,
     ) -> None:
         super().__init__()
+        check_data_options(
+            batch_size=batch_size,
+            image_size=image_size,
+            max_length=max_length,
+            vocab_size=vocab_size,
+            num_workers=num_workers,
+            val_ratio=val_ratio,
+            test_ratio=test_ratio,
+            csv_sep=csv_sep,
+        )
+        self.csv_sep, self.na_values = csv_sep, list(na_values or [])
+        self.merge_equivalent_labels = merge_equivalent_labels
         if feature_cache is not None and augment:
             raise ValueError(
                 "data.feature_cache stores features of the un-augmented images, computed once, so it excludes "
@@ -217,6 +249,7 @@ class MultimodalDataModule(L.LightningDataModule):
             self._read_training_csv(csv_path, image_dir, text_json, split_column, group_column, trained is not None)
         for name, spec in (test_sets or {}).items():
             ext = self._read(spec.csv_path, spec.image_dir or image_dir, spec.text_json or text_json)
+            ext = self._equivalent_labels(ext)
             self.test_set_names.append(name)
             self._test_records.append(ext)
             self._test_labels.append(label_indices(ext, self.class_names))
@@ -251,8 +284,8 @@ class MultimodalDataModule(L.LightningDataModule):
         classes_from_checkpoint: bool,
     ) -> None:
         """Read the main CSV into train/val/test splits (class names inferred unless already known)."""
-        records = self._table = self._read(
-            csv_path, image_dir, text_json, split_column=split_column, group_column=group_column
+        records = self._table = self._equivalent_labels(
+            self._read(csv_path, image_dir, text_json, split_column=split_column, group_column=group_column)
         )
         if not self.class_names:
             self.class_names = infer_class_names(records.labels)
@@ -267,13 +300,30 @@ class MultimodalDataModule(L.LightningDataModule):
         empty = [self.class_names[i] for i, c in enumerate(self.class_counts) if c == 0]
         if empty and not classes_from_checkpoint:
             raise DataError(f"Classes {empty} have no training rows in {csv_path}. Fix: add rows or drop the classes.")
+        needed = 1 + (self.val_ratio > 0) + (self.test_ratio > 0) if records.splits is None else 0
+        for warning in rare_class_warnings(self._labels, self.class_names, csv_path, needed):
+            rank_zero_warn(warning)
         self.test_set_names = ["test"]
         self._test_records = [self._records["test"]]
         self._test_labels = [self._labels["test"]]
 
+    def _equivalent_labels(self, records: Records) -> Records:
+        """``records`` with labels equivalent to a class or to each other merged (``merge_equivalent_labels``),
+        else a :class:`DataError` naming them."""
+        records, merged = resolve_equivalent_labels(records, self.class_names, self.merge_equivalent_labels)
+        if merged:
+            rank_zero_warn(f"data.merge_equivalent_labels: {merged}")
+        return records
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def test_sizes(self) -> dict[str, int]:
+        """Rows per test set read from CSVs (``test``, then the external ``test_sets``), before any is set up."""
+        names = self.test_set_names[: len(self._test_records)]
+        return {name: len(records.ids) for name, records in zip(names, self._test_records, strict=True)}
 
     # ----------------------------------------------------------------------------- reading
     def _read(
@@ -301,6 +351,8 @@ class MultimodalDataModule(L.LightningDataModule):
             split_column=split_column,
             group_column=group_column,
             allow_missing=self.allow_missing,
+            sep=self.csv_sep,
+            na_values=self.na_values,
         )
 
     def _assign_splits(self, records: Records) -> list[str]:
@@ -348,7 +400,8 @@ class MultimodalDataModule(L.LightningDataModule):
             texts=records.texts if self.uses_text else None,
             csv_path=records.csv_path,
             rows=records.rows,
-            on_bad_image=self.on_bad_image,
+            # predictions keep every requested id: a sample that cannot be read gets an error row, not a substitute
+            on_bad_image="mark" if name == "predict" and self.on_bad_image == "skip" else self.on_bad_image,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -506,6 +559,7 @@ class DemoDataModule(MultimodalDataModule):
         image_size: int = 64,
         **kwargs: Any,
     ) -> None:
+        check_demo_options(num_samples, demo_image_size, long_tail)
         name = f"n{num_samples}_s{demo_image_size}_seed{demo_seed}" + ("_longtail" if long_tail else "")
         out = Path(root) if root else default_cache_dir() / name
         ensure_demo_data(out, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed, long_tail=long_tail)

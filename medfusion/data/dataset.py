@@ -10,12 +10,16 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from torch.utils.data import Dataset
 
 from medfusion.data.errors import DataError, raise_for_rows, row_line
 from medfusion.data.images import DECODE_ERRORS, load_rgb
 
 BadImagePolicy = Literal["raise", "skip"]
+# "mark" (prediction sets under "skip"): keep the sample, with a blank image and its ``error``, so that its row in
+# predictions.csv says why it has no prediction instead of silently disappearing.
+SamplePolicy = Literal["raise", "skip", "mark"]
 
 
 class MultimodalDataset(Dataset):
@@ -35,7 +39,8 @@ class MultimodalDataset(Dataset):
         on_bad_image: an image that fails to decode ``"raise"`` s a :class:`DataError` naming the file and its CSV
             line, or (``"skip"``) the sample is replaced by the next sample that loads (wrapping around), the
             sample gets ``replaced=1`` (0 otherwise) and a warning names the file the first time; a
-            :class:`DataError` when no sample loads.
+            :class:`DataError` when no sample loads. ``"mark"`` keeps the sample with a blank image and the reason
+            in its ``error`` (prediction sets: every requested id gets a row).
     """
 
     def __init__(
@@ -48,13 +53,13 @@ class MultimodalDataset(Dataset):
         texts: Sequence[str | None] | None = None,
         csv_path: Path | None = None,
         rows: Sequence[int] | None = None,
-        on_bad_image: BadImagePolicy = "raise",
+        on_bad_image: SamplePolicy = "raise",
     ) -> None:
         for name, values in (("image_paths", image_paths), ("token_ids", token_ids), ("texts", texts), ("rows", rows)):
             if values is not None and len(values) != len(ids):
                 raise ValueError(f"{name} has {len(values)} entries for {len(ids)} ids")
-        if on_bad_image not in ("raise", "skip"):
-            raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+        if on_bad_image not in ("raise", "skip", "mark"):
+            raise ValueError(f"on_bad_image must be 'raise', 'skip' or 'mark', got {on_bad_image!r}")
         self.ids = list(ids)
         self.labels = list(labels)
         self.image_paths = image_paths
@@ -72,6 +77,14 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.on_bad_image == "raise":
             return self._sample(index)
+        if self.on_bad_image == "mark":
+            try:
+                return {**self._sample(index), "error": None}
+            except _UnreadableImageError as err:
+                rank_zero_warn(f"{err}; its prediction row gets status 'error' (data.on_bad_image: skip)")
+                blank = Image.new("RGB", (8, 8))
+                sample = self._sample(index, image=blank)
+                return {**sample, "error": str(err)}
         for step in range(len(self)):
             candidate = (index + step) % len(self)
             if candidate in self._bad:
@@ -89,10 +102,11 @@ class MultimodalDataset(Dataset):
             "Fix: check the image files (and data.image_dir)."
         )
 
-    def _sample(self, index: int) -> dict[str, Any]:
+    def _sample(self, index: int, image: Any = None) -> dict[str, Any]:
+        """Sample ``index``; ``image`` replaces the file's image when given."""
         sample: dict[str, Any] = {"id": self.ids[index], "label": self.labels[index]}
         if self.image_paths is not None:
-            image = self._image(index)
+            image = self._image(index) if image is None else image
             sample["image"] = self.transform(image) if self.transform and image is not None else image
         if self.token_ids is not None:
             sample["input_ids"] = self.token_ids[index]
@@ -106,13 +120,16 @@ class MultimodalDataset(Dataset):
             return load_rgb(path)
         except DECODE_ERRORS as err:
             known = self.csv_path is not None and self.rows is not None
-            if self.on_bad_image == "skip":
+            if self.on_bad_image in ("skip", "mark"):
                 where = f" ({self.csv_path} line {row_line(self.csv_path, self.rows[index])})" if known else ""
                 raise _UnreadableImageError(f"Unreadable image {path}{where}: {err}") from err
             fix = "replace the file, or set data.on_bad_image: skip to replace such samples by the next readable one."
+            detail = f"{path}: {err}"
+            if isinstance(err, DataError) and " Fix: " in str(err):  # load_rgb's own (an image over PIL's limit)
+                detail, fix = str(err).split(" Fix: ", 1)
             if known:
-                raise_for_rows("Unreadable image file", self.csv_path, [self.rows[index]], [f"{path}: {err}"], fix)
-            raise DataError(f"Unreadable image {path} (id {self.ids[index]!r}): {err}. Fix: {fix}") from err
+                raise_for_rows("Unreadable image file", self.csv_path, [self.rows[index]], [detail], fix)
+            raise DataError(f"Unreadable image (id {self.ids[index]!r}): {detail}. Fix: {fix}") from err
 
     def without(self, modality: Literal["image", "text"]) -> MultimodalDataset:
         """A copy in which ``modality`` is absent for every sample (for robustness evaluation)."""
@@ -139,7 +156,8 @@ class Collate:
     ``image_present``/``text_present`` mark which samples have each modality. An absent image becomes a zeros
     placeholder, an absent text the ``missing_text_ids`` row (default: one pad token), attended, so that
     shapes stay regular; models must not encode them (see ``MultimodalClassifier``). ``replaced`` (a 0-d long
-    tensor) sums the samples' ``replaced`` counts when they carry one (``on_bad_image="skip"``).
+    tensor) sums the samples' ``replaced`` counts when they carry one (``on_bad_image="skip"``); ``error`` lists
+    the samples' read errors (None: read fine) when they carry one (``"mark"``).
 
     Args:
         pad_token_id: the padding id.
@@ -171,6 +189,8 @@ class Collate:
                 attention_mask[row, : len(text)] = 1
             batch.update(input_ids=input_ids, attention_mask=attention_mask)
             batch["text_present"] = torch.tensor([s["input_ids"] is not None for s in samples], dtype=torch.bool)
+        if "error" in samples[0]:
+            batch["error"] = [s["error"] for s in samples]
         if "replaced" in samples[0]:
             batch["replaced"] = torch.tensor(sum(s["replaced"] for s in samples), dtype=torch.long)
         return batch

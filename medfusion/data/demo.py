@@ -55,7 +55,8 @@ CLASS_PATTERNS: dict[str, tuple[str, str]] = {
 
 _FORMAT_VERSION = 1  # bump when the generator's output changes, so cached datasets are regenerated
 _DEMO_FILES = frozenset({"metadata.csv", "reports.json", "images", "README.md", ".complete"})
-_MIN_CLASS_COUNT = 10
+MIN_CLASS_COUNT = 10
+MIN_IMAGE_SIZE = 16  # the smallest side the generator draws
 _MIN_CLASS_FRACTION = 0.01
 _WEAK_CUE_FRACTION = 0.05
 _PATIENT_SIZES, _PATIENT_SIZE_PROBS = (1, 2, 3), (0.6, 0.25, 0.15)
@@ -126,8 +127,8 @@ def make_demo_data(
     (equal counts, remainder to the first classes) or, with ``long_tail``, follow ``LONG_TAIL_PROPORTIONS`` with every
     class keeping at least 10 samples and 1%. The ``.complete`` marker (generation args as JSON) is written last.
     """
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
     args = _generation_args(num_samples=num_samples, image_size=image_size, seed=seed, long_tail=long_tail)
     counts = _class_counts(num_samples, long_tail)
     out = Path(out_dir)
@@ -228,7 +229,7 @@ def _class_counts(num_samples: int, long_tail: bool) -> dict[str, int]:
         base, extra = divmod(num_samples, n_classes)
         return {c: base + (i < extra) for i, c in enumerate(DEMO_CLASSES)}
 
-    floor = max(_MIN_CLASS_COUNT, int(np.ceil(_MIN_CLASS_FRACTION * num_samples)))
+    floor = max(MIN_CLASS_COUNT, int(np.ceil(_MIN_CLASS_FRACTION * num_samples)))
     if floor * n_classes > num_samples:
         raise ValueError(f"long_tail needs num_samples >= {floor * n_classes}, got {num_samples}")
     fixed: dict[str, int] = {}

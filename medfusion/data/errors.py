@@ -11,9 +11,28 @@ class DataError(ValueError):
     """Bad input data: the message names the file, the offending rows and how to fix them."""
 
 
+class ConfigError(ValueError):
+    """An option with a value it cannot take: the message names the option, the value and what it accepts."""
+
+
+def check_option(name: str, value: object, valid: bool, accepts: str) -> None:
+    """Raise a :class:`ConfigError` for option ``name`` (e.g. ``data.batch_size``) unless ``valid``."""
+    if not valid:
+        raise ConfigError(f"{name}={value!r} is invalid: it must be {accepts}. Fix: set --{name} to such a value.")
+
+
 def csv_line(row_index: int) -> int:
     """The 1-based line number in the CSV file of a 0-based data row (line 1 is the header)."""
     return row_index + 2
+
+
+# The field separator each CSV was read with (data.csv_sep), so that line numbers follow the same fields.
+_SEPARATORS: dict[str, str] = {}
+
+
+def register_separator(file: str | Path, sep: str) -> None:
+    """Record that ``file`` is read with field separator ``sep`` (for the line numbers of later messages)."""
+    _SEPARATORS[str(Path(file).resolve())] = sep
 
 
 def _row_start_lines(file: str | Path) -> list[int] | None:
@@ -24,7 +43,7 @@ def _row_start_lines(file: str | Path) -> list[int] | None:
     """
     try:
         with open(file, newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=_SEPARATORS.get(str(Path(file).resolve()), ","))
             starts: list[int] = []
             end = 0
             for row in reader:
@@ -36,10 +55,17 @@ def _row_start_lines(file: str | Path) -> list[int] | None:
     return starts[1:]  # the first non-blank record is the header
 
 
+def row_lines(file: str | Path, rows: Sequence[int]) -> list[int]:
+    """The lines of ``file`` on which 0-based data rows ``rows`` start (blank lines and multi-line fields counted)."""
+    starts = _row_start_lines(file)
+    if starts is None or (rows and max(rows) >= len(starts)):
+        return [csv_line(r) for r in rows]
+    return [starts[r] for r in rows]
+
+
 def row_line(file: str | Path, row: int) -> int:
     """The line of ``file`` on which 0-based data row ``row`` starts (blank lines and multi-line fields counted)."""
-    starts = _row_start_lines(file)
-    return starts[row] if starts is not None and row < len(starts) else csv_line(row)
+    return row_lines(file, [row])[0]
 
 
 def not_utf8(file: str | Path, what: str) -> DataError:
@@ -63,9 +89,7 @@ def raise_for_rows(
     """Raise a :class:`DataError` listing up to ``limit`` offending rows of ``file`` (0-based data rows)."""
     if not rows:
         return
-    starts = _row_start_lines(file)
-    if starts is None or max(rows) >= len(starts):
-        starts = [csv_line(r) for r in range(max(rows) + 1)]
-    lines = [f"  line {starts[r]}: {d}" for r, d in zip(rows[:limit], details[:limit], strict=True)]
+    shown = row_lines(file, rows[:limit])
+    lines = [f"  line {n}: {d}" for n, d in zip(shown, details[:limit], strict=True)]
     more = f"\n  ... and {len(rows) - limit} more" if len(rows) > limit else ""
     raise DataError(f"{problem} in {file} ({len(rows)} row(s)):\n" + "\n".join(lines) + more + f"\nFix: {fix}")

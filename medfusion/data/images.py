@@ -1,9 +1,11 @@
-"""Finding image files for CSV ids under ``image_dir`` and loading them as RGB."""
+"""Finding image files for CSV ids under ``image_dir``, checking that they decode, and loading them as RGB."""
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,70 +17,105 @@ from medfusion.data.errors import DataError, raise_for_rows
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # What PIL raises for a file it cannot decode (UnidentifiedImageError and truncated data are OSErrors).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+_TOO_LARGE_FIX = "downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS in your own code if you trust the file."
 
 
 class ImageIndex:
     """Every image file under ``root`` (recursively), found by relative path with or without
-    extension, or by bare file name or stem when it is unique (HAM10000 ships ``part_1/`` and ``part_2/``).
-    An absolute path is accepted when it lies inside ``root``."""
+    extension, or by bare file name or stem (HAM10000 ships ``part_1/`` and ``part_2/``).
+    An absolute path is accepted when it lies inside ``root``; a file is accepted only when what it
+    resolves to (through symlinks) lies inside ``root`` too."""
 
     def __init__(self, root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"image_dir {self.root} does not exist or is not a directory. Fix: set data.image_dir.")
         suffixes = {e.lower() for e in extensions}
-        self._by_key: dict[str, Path] = {}
-        stems: dict[str, list[Path]] = {}
-        names: dict[str, list[Path]] = {}
+        self._by_path: dict[str, Path] = {}
+        # Each of these may name several files (a.png and a.jpg; part_1/a.jpg and part_2/a.jpg): ambiguous.
+        self._by_key: dict[str, list[Path]] = {}
+        self._by_stem: dict[str, list[Path]] = {}
+        self._by_name: dict[str, list[Path]] = {}
+        # os.walk does not enter symlinks to directories, so no file under one is indexed.
         for dirpath, _, filenames in os.walk(self.root):
-            for name in filenames:
+            for name in sorted(filenames):
                 path = Path(dirpath, name)
                 if path.suffix.lower() not in suffixes:
                     continue
                 rel = path.relative_to(self.root).as_posix()
-                self._by_key[rel] = path
-                self._by_key.setdefault(rel[: -len(path.suffix)], path)
-                stems.setdefault(path.stem, []).append(path)
-                names.setdefault(name, []).append(path)
-        self._by_stem = {stem: paths[0] for stem, paths in stems.items() if len(paths) == 1}
-        self._by_name = {name: paths[0] for name, paths in names.items() if len(paths) == 1}
+                self._by_path[rel] = path
+                self._by_key.setdefault(rel[: -len(path.suffix)], []).append(path)
+                self._by_stem.setdefault(path.stem, []).append(path)
+                self._by_name.setdefault(name, []).append(path)
 
     def escapes(self, key: str) -> bool:
-        """True when ``key`` points outside the root (``../x``, an absolute path, a symlink out)."""
+        """True when ``key`` itself points outside the root (``../x``, an absolute path, a symlink out)."""
         return not (self.root / key).resolve().is_relative_to(self.root)
 
-    def find(self, key: str) -> Path | None:
+    def candidates(self, key: str) -> list[Path]:
+        """The files ``key`` names, in order of preference: its relative path with extension, without
+        extension, then its stem or file name anywhere below the root. More than one: ambiguous."""
         key = key.strip().replace("\\", "/")
         if os.path.isabs(key):
             try:
                 key = Path(key).resolve().relative_to(self.root).as_posix()
             except ValueError:
-                return None
+                return []
         key = posixpath.normpath(key)  # "./a.png", "sub/../a.png"
-        return self._by_key.get(key) or self._by_stem.get(key) or self._by_name.get(key)
+        if key in self._by_path:
+            return [self._by_path[key]]
+        for table in (self._by_key, self._by_stem, self._by_name):
+            if key in table:
+                return table[key]
+        return []
 
     def resolve_all(self, keys: Sequence[str | None], csv_path: str | Path) -> list[Path | None]:
         """Paths for every key (None for a None key: no image), or one :class:`DataError` listing every
-        missing or escaping row."""
+        escaping, ambiguous or missing row."""
         paths: list[Path | None] = []
         escaping: list[int] = []
+        escapes_to: list[str] = []
+        ambiguous: list[int] = []
         missing: list[int] = []
         for row, key in enumerate(keys):
             if key is None:
                 paths.append(None)
-            elif self.escapes(key):
+                continue
+            found = self.candidates(key)
+            if len(found) > 1:
+                ambiguous.append(row)
+            elif not found:
+                if self.escapes(key):
+                    escaping.append(row)
+                    escapes_to.append(f"{key!r} resolves to {(self.root / key).resolve()}")
+                else:
+                    missing.append(row)
+            elif not (target := found[0].resolve()).is_relative_to(self.root):
                 escaping.append(row)
-            elif (path := self.find(key)) is None:
-                missing.append(row)
+                escapes_to.append(f"{key!r} is {found[0]}, a symlink to {target}")
             else:
-                paths.append(path)
+                paths.append(found[0])
         raise_for_rows(
             "Image paths that escape image_dir",
             csv_path,
             escaping,
-            [f"{keys[r]!r} resolves outside {self.root}" for r in escaping],
-            "image ids/paths must be relative to data.image_dir and stay inside it.",
+            [f"{detail}, outside {self.root}" for detail in escapes_to],
+            "image ids/paths must be relative to data.image_dir and stay inside it: move or copy linked files "
+            "into data.image_dir (a symlink must point inside it), or set data.image_dir to a folder holding them.",
         )
+        if ambiguous:
+            matches = {
+                r: sorted(p.relative_to(self.root).as_posix() for p in self.candidates(keys[r])) for r in ambiguous
+            }
+            example = matches[ambiguous[0]][0]
+            raise_for_rows(
+                "Ambiguous image ids",
+                csv_path,
+                ambiguous,
+                [f"{keys[r]!r} matches {len(m)} files under {self.root}: {', '.join(m)}" for r, m in matches.items()],
+                f"name each such file by its path under data.image_dir with its extension (e.g. {example!r}) "
+                "in the id or in data.image_column, or remove all but one of the files.",
+            )
         raise_for_rows(
             "Missing image files",
             csv_path,
@@ -89,16 +126,28 @@ class ImageIndex:
         return paths
 
 
+def _too_large(path: str | Path, err: Image.DecompressionBombError) -> str:
+    """What to say about an image PIL refuses to open as a possible decompression bomb."""
+    return (
+        f"{path}: {err} PIL.Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS}; PIL refuses images of more than "
+        "twice that many pixels"
+    )
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image and convert grayscale, palette, CMYK, RGBA, 16-bit or float grayscale to RGB.
 
     PIL's own ``convert`` clips 16-bit and 32-bit grayscale (X-ray, MRI exports) at 255, which turns
     most of such an image white; those are rescaled to 0..255 instead (see :func:`to_8bit`).
+    An image over PIL's size limit raises a :class:`DataError` (a ValueError, so a decode error to the dataset).
     """
-    with Image.open(path) as image:
-        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-            return to_8bit(image, significant_bits(image)).convert("RGB")
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                return to_8bit(image, significant_bits(image)).convert("RGB")
+            return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise DataError(f"Image too large to decode safely: {_too_large(path, err)}. Fix: {_TOO_LARGE_FIX}") from None
 
 
 def to_8bit(image: Image.Image, bits: int | None = None) -> Image.Image:
@@ -137,30 +186,104 @@ def significant_bits(image: Image.Image) -> int | None:
     return bits if isinstance(bits, int) and 1 <= bits <= 16 else None
 
 
-def _ends_with_jpeg_eoi(path: Path) -> bool:
-    """Whether a JPEG ends with its end-of-image marker: a cheap check for truncated files."""
-    with open(path, "rb") as f:
-        f.seek(max(0, f.seek(0, os.SEEK_END) - 64))
-        return f.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+# A marker that ends the entropy-coded data of a scan (0xFF00 is an escaped 0xFF, 0xFFD0-0xFFD7 are restarts).
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Stand-in bytes after a scan (no 0xFF, so no marker); more than libjpeg reads ahead of what it decodes (8).
+_PADDING = bytes(range(1, 17))
+# Start-of-frame markers of JPEGs coded in one pass of Huffman-coded scan data (baseline, extended).
+_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)
+
+
+def _jpeg_scans(data: bytes) -> tuple[int, int, int] | None:
+    """Where the data of a JPEG's last scan ends, its start-of-frame marker and its number of scans; None when
+    the markers cannot be followed to an end-of-image marker (then a plain decode says what is wrong)."""
+    i, frame, scans, scan_end = 2, 0, 0, 0
+    while i + 2 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # end of image
+            return (scan_end, frame, scans) if scans else None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame = marker
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:
+            hit = _SCAN_END.search(data, i)
+            if hit is None:
+                return None
+            scans, scan_end, i = scans + 1, hit.start(), hit.start()
+    return None
+
+
+def _decode(data: bytes, draft: bool) -> np.ndarray:
+    """Decode JPEG bytes (at 1/8 scale with ``draft``: libjpeg still entropy-decodes every block)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if draft:
+            image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
+        return np.asarray(image)
+
+
+def check_jpeg(path: str | Path) -> None:
+    """Decode a JPEG to its end; an OSError when its scan data stops early.
+
+    libjpeg takes a marker inside scan data for a warning and fills the rest of the image with zeros,
+    and Pillow drops libjpeg's warnings: a JPEG cut short and closed with an end-of-image marker
+    (as ``ImageFile.LOAD_TRUNCATED_IMAGES`` itself does) decodes without error. So the scan data is
+    decoded without what follows it. A one-pass JPEG (baseline) is decoded at 1/8 scale with padding
+    and then the end of the file: libjpeg runs out of data, and Pillow raises, only when the scan needs
+    more than it has. Other JPEGs (progressive) read every scan before the first row of pixels, so the
+    end of the file always fails there: they are decoded in full twice, closed right after the scan
+    data and after padding; the two differ when the last scan was cut. Cuts of the last few bytes of
+    scan data, which only touch the last blocks, can pass, and so can a progressive JPEG cut between two
+    scans (a coarser but complete image). With ``ImageFile.LOAD_TRUNCATED_IMAGES`` set, Pillow closes a
+    short one-pass JPEG itself, and it passes, as it would load.
+    """
+    data = Path(path).read_bytes()
+    scans = _jpeg_scans(data)
+    if scans is None:
+        _decode(data, draft=True)
+        return
+    end, frame, count = scans
+    if frame in _SEQUENTIAL_HUFFMAN and count == 1:
+        try:
+            _decode(data[:end] + _PADDING, draft=True)
+        except OSError:
+            raise OSError(
+                "truncated or corrupt JPEG: its scan data does not decode to the last row of pixels"
+            ) from None
+    # 4 KiB of padding: a cut scan decodes enough of it to change pixels; a complete one skips it all.
+    elif not np.array_equal(
+        _decode(data[:end] + b"\xff\xd9", False), _decode(data[:end] + _PADDING * 256 + b"\xff\xd9", False)
+    ):
+        raise OSError("truncated JPEG: its last scan stops early (a file cut short, then closed)")
 
 
 def verify_images(paths: Sequence[Path | None], csv_path: str | Path) -> None:
-    """Raise one :class:`DataError` naming every file that cannot be decoded (None: no image, skipped)."""
+    """Raise one :class:`DataError` naming every file that cannot be decoded, or that is too large to
+    decode safely (None: no image, skipped). PNGs and the like are checked by ``verify`` (structure and
+    checksums), JPEGs by :func:`check_jpeg`."""
     bad: list[int] = []
     reasons: list[str] = []
+    large: list[int] = []
+    sizes: list[str] = []
     for row, path in enumerate(paths):
         if path is None:
             continue
         try:
             with Image.open(path) as image:
                 kind = image.format
-                image.verify()  # structure and checksums: all of a PNG, but only the header of a JPEG
-            if kind == "JPEG" and not _ends_with_jpeg_eoi(path):
-                with Image.open(path) as image:
-                    image.load()  # truncated (fails here, not mid-epoch) or just trailing bytes (fine)?
+                image.verify()
+            if kind == "JPEG":
+                check_jpeg(path)
+        except Image.DecompressionBombError as err:
+            large.append(row)
+            sizes.append(_too_large(path, err))
         except DECODE_ERRORS as err:
             bad.append(row)
             reasons.append(f"{path}: {err}")
+    raise_for_rows("Images too large to decode safely", csv_path, large, sizes, _TOO_LARGE_FIX)
     raise_for_rows(
         "Unreadable image files", csv_path, bad, reasons, "replace or remove these files (or the rows that name them)."
     )

@@ -96,3 +96,32 @@ def check_splits_present(splits: Sequence[str], needed: Sequence[str], csv_path:
             f"{csv_path} gives no rows to the {absent} split(s). Fix: add them to the split column, "
             "or lower/raise data.val_ratio and data.test_ratio."
         )
+
+
+def rare_class_warnings(
+    labels: dict[str, Sequence[int]], class_names: Sequence[str], csv_path: str | Path, needed: int
+) -> list[str]:
+    """Warnings about classes without a row in a non-empty val or test split (their per-class metrics are undefined
+    there), and about classes with fewer than ``needed`` rows in all (0: no such check), naming each class with its
+    rows per split. ``labels`` are the class indices per split."""
+    shown = [s for s in SPLITS if s == "train" or labels.get(s)]
+    counts = {s: Counter(labels[s]) for s in shown}
+
+    def named(classes: list[int]) -> str:
+        return ", ".join(f"{class_names[i]!r} ({', '.join(f'{s} {counts[s][i]}' for s in shown)})" for i in classes)
+
+    warnings = []
+    evaluated = [s for s in shown if s != "train"]
+    absent = [i for i in range(len(class_names)) if any(counts[s][i] == 0 for s in evaluated)]
+    if absent:
+        warnings.append(
+            f"Classes with no row in the {' or '.join(evaluated)} split of {csv_path} (rows per split): "
+            f"{named(absent)}; their per-class metrics are undefined there. Fix: add rows of these classes."
+        )
+    rare = [i for i in range(len(class_names)) if sum(counts[s][i] for s in shown) < needed]
+    if rare:
+        warnings.append(
+            f"Classes with fewer than {needed} rows in {csv_path} cannot have a row in each of the {needed} random "
+            f"splits: {named(rare)}. Fix: add rows of these classes, or merge or drop them."
+        )
+    return warnings

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import re
 import warnings
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import pandas as pd
 
-from medfusion.data.errors import DataError, not_utf8, raise_for_rows
+from medfusion.data.errors import DataError, not_utf8, raise_for_rows, register_separator, row_lines
 from medfusion.data.images import ImageIndex
 from medfusion.data.texts import collect_texts
 
@@ -47,31 +49,53 @@ class Records:
         )
 
 
-def read_csv(csv_path: str | Path, required: Sequence[str], as_text: Sequence[str]) -> pd.DataFrame:
-    """Read a CSV, with a :class:`DataError` for a missing, empty or malformed file or absent columns."""
+_COMMON_SEPARATORS = (",", ";", "\t", "|")
+_SEPARATOR_NAMES = {",": "comma-", ";": "semicolon-", "\t": "tab-", "|": "pipe-"}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def read_csv(
+    csv_path: str | Path,
+    required: Sequence[str],
+    as_text: Sequence[str],
+    sep: str = ",",
+    na_values: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Read a CSV, with a :class:`DataError` for a missing, empty or malformed file or absent columns.
+
+    Fields are separated by ``sep``. Only empty cells (and cells equal to one of ``na_values``) are missing:
+    ``NA``, ``None`` or ``null`` are text, so a label ``NA`` is a class and an id ``None`` an id.
+    """
     path = Path(csv_path).expanduser()
     if not path.is_file():
         raise DataError(f"CSV file {path} does not exist. Fix: set data.csv_path to your samples table.")
-    fix = "Fix: check quoting, separators and encoding (UTF-8)."
+    register_separator(path, sep)
+    _check_separator(path, required, sep)
+    fix = "Fix: check quoting, separators (data.csv_sep) and encoding (UTF-8)."
     try:
         with warnings.catch_warnings():
             # Rows with more fields than the header: by default pandas silently takes the first column
             # as the index and shifts every other one; with index_col=False it drops the extra fields
             # with a ParserWarning, which we make an error.
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            table = pd.read_csv(path, dtype={c: str for c in as_text}, index_col=False)
+            table = pd.read_csv(
+                path,
+                sep=sep,
+                dtype={c: str for c in as_text},
+                index_col=False,
+                keep_default_na=False,
+                na_values=["", *na_values],
+            )
     except pd.errors.EmptyDataError:
         raise DataError(f"CSV file {path} is empty. Fix: it needs a header row and one row per sample.") from None
     except pd.errors.ParserWarning:
-        line = _first_overlong_line(path)
+        line = _first_overlong_line(path, sep)
         where = f"line {line} has" if line else "some rows have"
         raise DataError(f"Malformed CSV {path}: {where} more fields than the header (line 1). {fix}") from None
     except UnicodeDecodeError:
         raise not_utf8(path, "CSV file") from None
     except pd.errors.ParserError as err:
-        # pandas counts "rows" from 0 (header = row 0); report 1-based lines like every other message.
-        message = re.sub(r"starting at row (\d+)", lambda m: f"starting on line {int(m[1]) + 1}", str(err).strip())
-        raise DataError(f"Malformed CSV {path}: {message}. {fix}") from None
+        raise DataError(_parser_error(path, sep, str(err).strip(), fix)) from None
     absent = [c for c in required if c not in table.columns]
     if absent:
         raise DataError(
@@ -83,15 +107,100 @@ def read_csv(csv_path: str | Path, required: Sequence[str], as_text: Sequence[st
     return table
 
 
-def _first_overlong_line(path: Path) -> int | None:
-    """The first line with non-empty fields beyond the header's (for the error message)."""
+def _records(path: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
+    """Each record of ``path`` (a blank line is an empty one) with the line it starts on, as far as it parses."""
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f)
-        width = len(next(reader, []))
-        for row in reader:
-            if any(field.strip() for field in row[width:]):
-                return reader.line_num
+        reader = csv.reader(f, delimiter=sep)
+        end = 0
+        try:
+            for row in reader:
+                yield end + 1, row
+                end = reader.line_num
+        except csv.Error:  # e.g. a field over the csv module's size limit: the records so far
+            return
+
+
+def _is_blank(row: list[str]) -> bool:
+    return not any(field.strip() for field in row)
+
+
+def _header(path: Path, sep: str) -> tuple[int, list[str]]:
+    """The line and fields of the first non-blank record of ``path`` split by ``sep`` (no fields if none)."""
+    return next(((line, row) for line, row in _records(path, sep) if not _is_blank(row)), (1, []))
+
+
+def _check_separator(path: Path, required: Sequence[str], sep: str) -> None:
+    """Raise when required columns are absent from the header split by ``sep`` but present when split by
+    another common separator: the file is, say, ``;``-separated (a European spreadsheet's CSV export)."""
+    _, header = _header(path, sep)
+    absent = [c for c in required if c not in header]
+    if not header or not absent:
+        return
+    for other in _COMMON_SEPARATORS:
+        line, fields = _header(path, other) if other != sep else (1, [])
+        if len(fields) > 1 and any(c in fields for c in absent):
+            raise DataError(
+                f"{path} has no column(s) {absent} when split by {sep!r}: its header (line {line}) looks "
+                f"{other!r}-separated, with columns {fields}. Fix: set data.csv_sep: {other!r}, "
+                f"or save the file {_SEPARATOR_NAMES.get(sep, repr(sep) + '-')}separated."
+            )
+
+
+def _first_overlong_line(path: Path, sep: str) -> int | None:
+    """The line on which the first record with non-empty fields beyond the header's starts."""
+    width = None
+    for line, row in _records(path, sep):
+        if width is None and not _is_blank(row):
+            width = len(row)
+        elif width is not None and any(field.strip() for field in row[width:]):
+            return line
     return None
+
+
+def _parser_error(path: Path, sep: str, message: str, fix: str) -> str:
+    """pandas' tokenizer error as a message naming the line in the file: pandas counts a quoted multi-line field
+    as one line and its "rows" from 0."""
+    if "EOF inside string" in message and (line := _unclosed_quote_line(path, sep)) is not None:
+        return (
+            f'Malformed CSV {path}: the quoted field that starts on line {line} is never closed (a " without its '
+            'closing ", so the rest of the file is read as one field). Fix: close the quote, or double each " '
+            'inside a quoted field ("").'
+        )
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    starts = [line for line, _ in _records(path, sep)]
+    if fields and int(fields[2]) <= len(starts):
+        expected, record, seen = (int(x) for x in fields.groups())
+        line = starts[record - 1]
+        overlong = _first_overlong_line(path, sep)
+        if overlong is not None and overlong <= line:
+            return f"Malformed CSV {path}: line {overlong} has more fields than the header (line 1). {fix}"
+        return f"Malformed CSV {path}: line {line} has {seen} fields, where the rows before it have {expected}. {fix}"
+    message = re.sub(r"starting at row (\d+)", lambda m: f"starting on line {int(m[1]) + 1}", message)
+    return f"Malformed CSV {path}: {message}. {fix}"
+
+
+def _unclosed_quote_line(path: Path, sep: str) -> int | None:
+    """The 1-based line on which a quoted field that is never closed starts, None if every quote closes.
+
+    Follows pandas' tokenizer: a quote opens a quoted field only as a field's first character, ``""`` inside
+    one is an escaped quote, and a line ends at LF, CRLF or CR.
+    """
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    line, opened, quoted, field_start, i = 1, 0, False, True, 0
+    while i < len(text):
+        char = text[i]
+        if quoted and char == '"':
+            if text.startswith('""', i):
+                i += 1  # an escaped quote
+            else:
+                quoted = False
+        elif char == '"' and field_start and not quoted:
+            quoted, opened = True, line
+        if char == "\n" or (char == "\r" and not text.startswith("\r\n", i)):
+            line += 1
+        field_start = not quoted and char in (sep, "\n", "\r")
+        i += 1
+    return opened if quoted else None
 
 
 def _column_values(table: pd.DataFrame, column: str, csv_path: Path, what: str, fix: str = "") -> list[str]:
@@ -122,17 +231,20 @@ def read_records(
     split_column: str | None = None,
     group_column: str | None = None,
     allow_missing: Collection[str] = (),
+    sep: str = ",",
+    na_values: Sequence[str] = (),
 ) -> Records:
     """Read and validate one CSV. ``image_index=None`` skips images; no text source skips texts.
 
     With ``labels_required=False`` (prediction CSVs) a missing label column gives unlabelled records.
     ``allow_missing`` (``"image"``, ``"text"``) lets an empty ``image_column`` cell or a missing text mark a
-    sample without that modality (None in the records); a sample without both is still an error.
+    sample without that modality (None in the records); a sample without both is still an error. ``sep`` and
+    ``na_values`` are as in :func:`read_csv`.
     """
     csv_path = Path(csv_path).expanduser()
     as_text = [c for c in (id_column, label_column, image_column, split_column, group_column) if c]
     required = [c for c in as_text if c != label_column or labels_required]
-    table = read_csv(csv_path, required, as_text)
+    table = read_csv(csv_path, required, as_text, sep=sep, na_values=na_values)
     if label_column not in table.columns:
         label_column = None
     ids = _column_values(table, id_column, csv_path, "id")
@@ -197,3 +309,70 @@ def label_indices(records: Records, class_names: Sequence[str]) -> list[int]:
         f"the classes are {list(class_names)}: fix the labels or data.class_names.",
     )
     return [index[label] for label in records.labels]  # type: ignore[index]
+
+
+def label_key(label: str) -> tuple[str, object]:
+    """What equivalent spellings of a label share: its number (``1``, ``1.0``, ``01``), else its case-folded text."""
+    text = label.strip()
+    if _NUMBER.fullmatch(text):
+        try:
+            return ("number", Decimal(text))  # exact: long integer ids do not collide as floats would
+        except InvalidOperation:  # an exponent beyond Decimal's range
+            pass
+    return ("text", text.casefold())
+
+
+def resolve_equivalent_labels(records: Records, class_names: Sequence[str], merge: bool) -> tuple[Records, str]:
+    """Find labels that differ only in case, surrounding spaces or number format (``B``/``b``, ``1``/``1.0``/``01``).
+
+    With ``class_names`` they are the labels that are no class name but equivalent to one; without, the groups of
+    equivalent spellings, each to be merged into its most frequent spelling (ties: the first seen). Raises a
+    :class:`DataError` listing each spelling with its count and first line, or with ``merge`` returns the records
+    so merged and a description of the merge ("" when nothing was to merge).
+    """
+    counts = Counter(label for label in records.labels if label is not None)  # in order of first appearance
+    first: dict[str, int] = {}
+    for r, label in enumerate(records.labels):
+        if label is not None:
+            first.setdefault(label, r)
+    groups: dict[tuple[str, object], list[str]] = defaultdict(list)
+    for label in counts:
+        groups[label_key(label)].append(label)
+    classes: dict[tuple[str, object], str] = {}
+    for name in class_names:
+        classes.setdefault(label_key(name), name)
+    merges: dict[str, list[str]] = {}  # the spelling merged into -> the spellings merged
+    for key, spellings in groups.items():
+        if class_names and key in classes:
+            merged = [s for s in spellings if s not in class_names]
+            if merged:
+                merges[classes[key]] = merged
+        elif not class_names and len(spellings) > 1:
+            merges[max(spellings, key=counts.__getitem__)] = spellings  # max keeps the first of equal counts
+    if not merges:
+        return records, ""
+    if merge:
+        into = {s: target for target, spellings in merges.items() for s in spellings}
+        labels = [None if label is None else into.get(label, label) for label in records.labels]
+        described = "; ".join(
+            ", ".join(f"{s!r} ({counts[s]} row(s))" for s in spellings if s != target) + f" into {target!r}"
+            for target, spellings in merges.items()
+        )
+        return replace(records, labels=labels), f"merged labels of {records.csv_path}: {described}"
+    shown = [records.rows[first[s]] for spellings in merges.values() for s in spellings]
+    lines = iter(row_lines(records.csv_path, shown))
+    listed = [
+        ", ".join(f"{s!r} ({counts[s]} row(s), first on line {next(lines)})" for s in spellings)
+        + (f": did you mean the class {target!r}?" if class_names else "")
+        for target, spellings in merges.items()
+    ]
+    fix = (
+        "spell them as the classes are spelled, or set data.merge_equivalent_labels: true to merge them into those"
+        if class_names
+        else "spell each class one way, or set data.merge_equivalent_labels: true to merge each group into its most "
+        "frequent spelling"
+    )
+    raise DataError(
+        f"Labels that differ only in case, surrounding spaces or number format in {records.csv_path} "
+        f"({len(listed)} group(s)):\n" + "\n".join(f"  {line}" for line in listed) + f"\nFix: {fix}."
+    )

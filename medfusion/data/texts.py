@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import string
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,12 +14,42 @@ import pandas as pd
 
 from medfusion.data.errors import DataError, not_utf8, raise_for_rows
 
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+class _Pairs(list):
+    """A JSON object as its ``(key, value)`` pairs in file order, so that repeated keys are seen, not merged."""
+
+
+def _json_kind(value: object) -> str:
+    """What a non-string JSON value is, in JSON's words."""
+    if isinstance(value, _Pairs):
+        return "an object"
+    return {list: "an array", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "null")
+
+
+def _key_lines(text: str) -> list[int]:
+    """The line of each key of the top-level object in ``text`` (valid JSON), in file order."""
+    decoder, space = json.JSONDecoder(), _JSON_SPACE
+    lines: list[int] = []
+    i = space.match(text, space.match(text).end() + 1).end()  # past "{"
+    while text[i] == '"':
+        lines.append(text.count("\n", 0, i) + 1)
+        _, i = json.decoder.scanstring(text, i + 1)  # the key
+        i = space.match(text, space.match(text, i).end() + 1).end()  # past ":"
+        _, i = decoder.raw_decode(text, i)  # the value
+        i = space.match(text, i).end()
+        i = space.match(text, i + 1).end() if text[i] == "," else i
+    return lines
+
 
 def read_text_json(path: str | Path) -> dict[str, str]:
-    """Read ``{id: text}``; a clear :class:`DataError` for non-UTF-8, malformed or wrongly shaped files."""
+    """Read ``{id: text}``; a clear :class:`DataError` for a file that is missing, not UTF-8, malformed, not one
+    object of strings, or that gives an id twice (JSON would keep only the last text)."""
     path = Path(path).expanduser()
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: accept a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")  # -sig: accept a byte-order mark
+        pairs = json.loads(text, object_pairs_hook=_Pairs)
     except FileNotFoundError:
         raise DataError(
             f"Text file {path} does not exist. Fix: set data.text_json to your {{id: text}} file."
@@ -29,15 +61,54 @@ def read_text_json(path: str | Path) -> dict[str, str]:
             f"Malformed JSON in {path} at line {err.lineno}, column {err.colno}: {err.msg}. "
             "Fix: the file must be one JSON object {id: text}."
         ) from None
-    if not isinstance(data, dict):
+    except RecursionError:
         raise DataError(
-            f"{path} holds a JSON {type(data).__name__}, expected an object {{id: text}}. "
+            f"Malformed JSON in {path}: nested too deeply to parse. Fix: the file must be one JSON object {{id: text}}."
+        ) from None
+    except OSError as err:  # a folder, no permission
+        raise DataError(
+            f"Text file {path} cannot be read ({err.strerror or err}). "
+            "Fix: set data.text_json to a readable {id: text} file."
+        ) from None
+    if not isinstance(pairs, _Pairs):
+        raise DataError(
+            f"{path} holds a JSON {type(pairs).__name__}, expected an object {{id: text}}. "
             'Fix: write it as {"<id>": "<text>", ...}.'
         )
-    bad = [k for k, v in data.items() if not isinstance(v, str)]
+    counts = Counter(key for key, _ in pairs)
+    bad = [(n, k, v) for n, (k, v) in enumerate(pairs) if not isinstance(v, str)]
+    broken = [n for n, (k, v) in enumerate(pairs) if isinstance(v, str) and not (_encodable(k) and _encodable(v))]
+    lines = _key_lines(text) if bad or broken or len(counts) < len(pairs) else []
+    if len(counts) < len(pairs):
+        repeated = {k: [lines[n] for n, (key, _) in enumerate(pairs) if key == k] for k, c in counts.items() if c > 1}
+        listed = "\n".join(f"  id {k!r} on lines {', '.join(map(str, at))}" for k, at in list(repeated.items())[:10])
+        raise DataError(
+            f"Ids given more than once in {path} ({len(repeated)} id(s)); JSON keeps only the last text of each:\n"
+            f"{listed}\nFix: give each id one entry (merge its texts into one string, or remove the extra entries)."
+        )
     if bad:
-        raise DataError(f"{path}: values must be strings; not so for ids {bad[:10]}. Fix: map each id to its text.")
-    return {str(k): v for k, v in data.items()}
+        listed = "\n".join(f"  line {lines[n]}: id {k!r} maps to {_json_kind(v)}" for n, k, v in bad[:10])
+        raise DataError(
+            f"Texts that are not strings in {path} ({len(bad)} id(s)):\n{listed}\n"
+            'Fix: map each id to its text as a JSON string ("<id>": "<text>").'
+        )
+    if broken:
+        listed = "\n".join(f"  line {lines[n]}: id {pairs[n][0]!r}" for n in broken[:10])
+        raise DataError(
+            f"Texts with an unpaired surrogate escape (e.g. \\ud800) in {path} ({len(broken)} id(s)):\n{listed}\n"
+            "Fix: such an escape is no character; re-export the file as UTF-8 text (json.dump(..., "
+            "ensure_ascii=False) of str values) or remove the escape."
+        )
+    return dict(pairs)
+
+
+def _encodable(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text (JSON allows ``\\ud800`` escapes that are not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _format_value(value: object) -> str:

@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from medfusion.data.errors import ConfigError
+
 # Tokenizing in the main process and then forking DataLoader workers is safe for our use;
 # silence the library's warning (and its deadlock-avoidance fallback) about it.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDPIECE = "wordpiece"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORD_ROOM = 1000  # whole frequent words the suggested smallest vocab_size keeps beyond the characters
 
 
 def train_wordpiece(texts: Sequence[str], vocab_size: int = 2000, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -36,9 +39,17 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int = 2000, min_frequency:
     )
     chars = sorted({c for word in words for c in word})
     pieces = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
-    if len(pieces) > vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} is below the {len(pieces)} characters and special tokens")
     frequent = sorted((w for w, n in words.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-words[w], w))
+    if len(pieces) > vocab_size:
+        room = min(len(frequent), _WORD_ROOM)
+        why = "a WordPiece vocabulary needs every character of the training texts"
+        why = f"{len(pieces)}, plus room for {room} frequent word(s); {why}" if room else why
+        raise ConfigError(
+            f"data.vocab_size={vocab_size} is below the {len(pieces)} tokens a WordPiece vocabulary of the training "
+            f"texts needs: their {len(chars)} distinct characters, alone and as ## continuations, and "
+            f"{len(SPECIAL_TOKENS)} special tokens. Fix: set data.vocab_size to at least {len(pieces) + room} "
+            f"({why}), or use a pretrained tokenizer (data.tokenizer: <hub name or local path>)."
+        )
     vocab = {token: i for i, token in enumerate([*pieces, *frequent[: vocab_size - len(pieces)]])}
     tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]")
     tokenizer.decoder = decoders.WordPiece()

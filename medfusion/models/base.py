@@ -15,10 +15,12 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import PreTrainedTokenizerFast
 
-from medfusion.checkpoints import check_class_names, plain_config, tokenizer_state
+from medfusion.checkpoints import check_class_names, check_finite, plain_config, tokenizer_state
+from medfusion.data.errors import check_option
 from medfusion.heads import Head, MLPHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
+from medfusion.models.guards import check_loss, check_weights
 from medfusion.tta import TTA_VIEWS, average_log_probs, check_views
 
 HeadFactory = Callable[[int, int], Head]
@@ -93,6 +95,10 @@ class ClassifierModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_option("model.lr", lr, lr > 0, "a positive number")
+        check_option("model.encoder_lr", encoder_lr, encoder_lr is None or encoder_lr > 0, "a positive number or null")
+        check_option("model.weight_decay", weight_decay, weight_decay >= 0, "0 or more")
+        check_option("model.warmup_ratio", warmup_ratio, 0 <= warmup_ratio < 1, "in [0, 1)")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.save_hyperparameters()
@@ -231,6 +237,7 @@ class ClassifierModule(L.LightningModule):
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         # a model built in Python holds classes and partials there: plain values keep the file weights_only-safe
+        check_weights(self, checkpoint.get("state_dict", {}))
         checkpoint["hyper_parameters"] = plain_config(checkpoint.get("hyper_parameters", {}))
         checkpoint["medfusion"] = {
             "class_names": list(self.class_names),
@@ -239,7 +246,10 @@ class ClassifierModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained on other classes (naming both lists); fill buffers newer than the file."""
+        """Refuse a checkpoint trained on other classes (naming both lists) or with non-finite weights; fill buffers
+        newer than the file."""
+        where = self._trainer.ckpt_path if self._trainer is not None and self._trainer.ckpt_path else "The checkpoint"
+        check_finite(checkpoint.get("state_dict", {}), str(where))
         trained = checkpoint.get("medfusion", {}).get("class_names") or checkpoint.get("hyper_parameters", {}).get(
             "class_names"
         )
@@ -299,6 +309,7 @@ class ClassifierModule(L.LightningModule):
         for name, value in self.extra_losses().items():
             self.log(f"train/{name}", value, batch_size=size)
             loss = loss + value
+        check_loss(self, loss, batch)
         for name, value in self.routing_stats().items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size)
         self.train_acc(logits, batch["label"])
@@ -360,7 +371,9 @@ class ClassifierModule(L.LightningModule):
         return {"id": batch["id"], "label": batch["label"], "probs": probs, "features": features.detach()}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        return {"id": batch["id"], "probs": self.evaluate(batch)[0].float().softmax(dim=-1)}
+        """``id``, ``probs`` and ``error`` (per sample: why it has no prediction, e.g. an unreadable image; None)."""
+        probs = self.evaluate(batch)[0].float().softmax(dim=-1)
+        return {"id": batch["id"], "probs": probs, "error": batch.get("error") or [None] * len(batch["id"])}
 
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
