@@ -19,6 +19,7 @@ _EXPORTS = {
     "ConfigError": "medfusion.data",
     "ImageEncoder": "medfusion.encoders",
     "TextEncoder": "medfusion.encoders",
+    "TabularEncoder": "medfusion.encoders",
     "Encoded": "medfusion.encoders",
     "Fusion": "medfusion.fusion",
     "build_fusion": "medfusion.fusion",

@@ -177,7 +177,7 @@ def test_topk_mixes_exactly_k_experts(top_k: int) -> None:
     head = MoEHead(16, 3, num_experts=4, top_k=top_k, noisy_gating=False).eval()
     with torch.no_grad():
         out = head(x)
-        combine = head.last_routing["combine"]
+        combine = head.routing()["combine"]
         probs = head.router(x).softmax(-1)
         expert_logits = torch.stack([expert(x) for expert in head.experts], 1)
     assert ((combine > 0).sum(-1) == top_k).all()
@@ -188,9 +188,9 @@ def test_topk_mixes_exactly_k_experts(top_k: int) -> None:
     else:
         assert torch.allclose(combine.sum(-1), torch.ones(50))
     assert torch.allclose(out, torch.einsum("bk,bkc->bc", combine, expert_logits), atol=1e-6)
-    assert torch.allclose(head.last_routing["load"].sum(), torch.tensor(float(top_k)))
-    assert torch.allclose(head.last_routing["importance"], probs.mean(0))
-    assert not head.last_routing["importance"].requires_grad
+    assert torch.allclose(head.routing()["load"].sum(), torch.tensor(float(top_k)))
+    assert torch.allclose(head.routing()["importance"], probs.mean(0))
+    assert not head.routing()["importance"].requires_grad
 
 
 def test_top1_router_gets_task_gradient() -> None:
@@ -213,9 +213,9 @@ def test_noise_only_in_training() -> None:
     head.train()
     with torch.no_grad():
         head(x)
-        importance_a = head.last_routing["importance"]
+        importance_a = head.routing()["importance"]
         head(x)
-        importance_b = head.last_routing["importance"]
+        importance_b = head.routing()["importance"]
     assert not torch.allclose(importance_a, importance_b)
     quiet = MoEHead(16, 3, noisy_gating=False).train()
     assert quiet.noise is None

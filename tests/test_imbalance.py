@@ -319,7 +319,8 @@ def test_everything_together_still_learns_a_task_that_needs_both_modalities() ->
     accuracy = fit_and_score(model, toy_samples(64), lambda image_bit, text_bit: 2 * image_bit + text_bit, epochs=8)
     assert accuracy > 0.9
     logged = set(model.trainer.callback_metrics)
-    expected = {"loss_image", "loss_text", "disagreement", "disagreement_weight", "supcon", "clip", "gate_mean"}
+    expected = {"loss_image", "loss_text", "disagreement", "disagreement_weight", "supcon", "clip"}
+    expected |= {"fusion_weight_image", "fusion_weight_text"}
     expected |= {"moe_balance", "image_head_moe_balance", "text_head_moe_balance", "moe_load_0", "moe_importance_3"}
     assert {f"train/{name}" for name in expected} <= logged
     loads = [model.trainer.callback_metrics[f"train/moe_load_{k}"].item() for k in range(4)]

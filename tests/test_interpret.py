@@ -204,7 +204,7 @@ def test_attention_maps_of_attention_fusions(small_bert: str) -> None:
         torch.testing.assert_close(maps.sum(dim=(2, 3))[real], torch.ones(int(real.sum())))
         assert model.fusion.store_attention is False and model.training and model.fusion.training
 
-    model = multimodal(small_bert, partial(CrossAttentionFusion, direction="image_to_text"))
+    model = multimodal(small_bert, partial(CrossAttentionFusion, queries=["image"]))
     maps = attention_maps(model, batch)
     assert maps.shape == (3, length, 2, 2)
     torch.testing.assert_close(maps.sum(dim=1), torch.ones(3, 2, 2))  # each patch over the real tokens

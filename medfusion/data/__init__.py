@@ -3,6 +3,7 @@
 from medfusion.data.datamodule import DemoDataModule, MultimodalDataModule, TestSet
 from medfusion.data.dataset import Collate, MultimodalDataset
 from medfusion.data.errors import ConfigError, DataError
+from medfusion.data.tabular import TabularFeatures, TabularPreprocessor, TabularSpec
 
 __all__ = [
     "Collate",
@@ -11,5 +12,8 @@ __all__ = [
     "DemoDataModule",
     "MultimodalDataModule",
     "MultimodalDataset",
+    "TabularFeatures",
+    "TabularPreprocessor",
+    "TabularSpec",
     "TestSet",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from medfusion.fusion.base import Fusion, InputKind
-from medfusion.fusion.checks import check_tokens
+from medfusion.fusion.checks import Inputs, Masks
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -20,10 +21,58 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return total / keep.sum(dim=1).clamp_min(1).to(x.dtype)
 
 
+def concat_tokens(
+    tokens: Mapping[str, torch.Tensor], masks: Masks, names: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens of ``names`` joined along the token axis, ``[B, Σ N_m, D]``, and their joined masks (None when
+    every one of them is None, i.e. all tokens real)."""
+    joined = torch.cat([tokens[name] for name in names], dim=1)
+    if all(masks[name] is None for name in names):
+        return joined, None
+    real = [
+        masks[name] if masks[name] is not None else tokens[name].new_ones(tokens[name].shape[:2], dtype=torch.bool)
+        for name in names
+    ]
+    return joined, torch.cat(real, dim=1)
+
+
+def context_key(query: str, context: Sequence[str]) -> str:
+    """Key of an attention map in :meth:`Fusion.attention_maps`: ``"text->image"``, or with several context inputs
+    (their tokens concatenated in fusion order) ``"text->image+tabular"``."""
+    return f"{query}->{'+'.join(context)}"
+
+
+def select_names(option: str, chosen: Sequence[str], names: Sequence[str], *, allow_empty: bool) -> list[str]:
+    """Validate a hyperparameter listing input names (``queries``, ``positional``); returns them in fusion order."""
+    if isinstance(chosen, str) or not isinstance(chosen, Sequence):
+        raise ValueError(f"{option} must be a list of input names, e.g. [{chosen!r}]; the inputs are {list(names)}")
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise ValueError(f"{option} names unknown inputs {unknown}; the inputs are {list(names)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{option} lists an input twice: {list(chosen)}")
+    if not chosen and not allow_empty:
+        raise ValueError(f"{option} needs at least one input name; the inputs are {list(names)}")
+    return [name for name in names if name in chosen]
+
+
+def check_module_names(names: Sequence[str]) -> None:
+    """Input names key ``nn.ModuleDict``/``nn.ParameterDict`` entries (so state-dict keys read ``proj.image.weight``);
+    reject those the containers forbid: empty, containing '.', or an attribute of the container (``keys``, ...)."""
+    containers = (nn.ModuleDict(), nn.ParameterDict())
+    for name in names:
+        if not name or "." in name or any(hasattr(container, name) for container in containers):
+            raise ValueError(
+                f"input name {name!r} cannot name a module of a token fusion (empty, contains '.', or is an attribute "
+                "of nn.ModuleDict/nn.ParameterDict); rename the input, e.g. with '_' instead of '.'"
+            )
+
+
 class CrossAttentionBlock(nn.Module):
     """Pre-norm residual cross-attention + feed-forward (ViLBERT, Lu et al. 2019; MulT, Tsai et al. 2019).
 
-    ``q = q + Attn(LN(q), LN(c), LN(c))``, ``q = q + FFN(LN(q))``; no causal mask (patches have no order).
+    ``q = q + Attn(LN(q), LN(c), LN(c))``, ``q = q + FFN(LN(q))``; no causal mask (patches have no order). The
+    attention runs within each sample (``batch_first=True``), never across the batch.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.1, ffn_mult: int = 4) -> None:
@@ -72,48 +121,89 @@ def block_stack(num_layers: int, dim: int, num_heads: int, dropout: float, ffn_m
 
 
 class TokenFusion(Fusion):
-    """Base of the attention fusions: validates token inputs, projects both modalities to ``dim`` and adds a
-    learned positional embedding to the image patches (text hidden states already carry their positions)."""
+    """Base of the attention fusions over N named token inputs ``x_m`` [B, N_m, D_m] with masks (True = real).
+
+    :meth:`embed` gives ``e_m = W_m (x_m ⊙ mask_m) + b_m + P_m[:N_m]``: padded tokens are zeroed first (nothing
+    of them, not even NaN, reaches a real token), ``W_m`` projects every input to the common width ``dim``, and a
+    learned positional embedding ``P_m`` [max_tokens, dim] (ViT-style, truncated-normal 0.02) is added to the
+    inputs in ``positional``: by default every input except one named ``text``, whose encoder hidden states carry
+    their positions already (image patches need one; on tabular feature tokens it is a learned per-feature
+    embedding). No separate modality-type embedding: ``b_m`` is one (``W_m x + b_m + e_type ≡ W_m x + b'_m``).
+
+    ``store_attention`` (init arg and attribute): while True, each forward keeps the last layer's per-head maps
+    for :meth:`attention_maps`; while False, a forward clears them.
+    """
 
     input_kind: ClassVar[InputKind] = "tokens"
 
     def __init__(
         self,
-        image_dim: int,
-        text_dim: int,
-        out_dim: int,
+        dims: Mapping[str, Any] | None = None,
+        out_dim: int | None = None,
         *,
-        dim: int | None,
-        max_image_tokens: int,
-        store_attention: bool,
+        image_dim: Any = None,
+        text_dim: Any = None,
+        dim: int | None = None,
+        max_tokens: int = 256,
+        positional: Sequence[str] | None = None,
+        store_attention: bool = False,
     ) -> None:
-        super().__init__(image_dim, text_dim, out_dim)
-        self.dim = out_dim if dim is None else dim
-        self.max_image_tokens = max_image_tokens
+        super().__init__(dims, out_dim, image_dim=image_dim, text_dim=text_dim)
+        check_module_names(self.names)
+        for name, size in self.dims.items():
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"{name}: a token fusion takes one token size (positive int) per input, got {size!r}")
+        self.dim = self.out_dim if dim is None else dim
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive int (or null = out_dim), got {dim!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        self.max_tokens = max_tokens
+        if positional is None:
+            positional = [name for name in self.names if name != "text"]
+        self.positional = select_names("positional", positional, self.names, allow_empty=True)
         self.store_attention = store_attention
-        self.image_proj = nn.Linear(image_dim, self.dim)
-        self.text_proj = nn.Linear(text_dim, self.dim)
-        self.image_pos = nn.Parameter(torch.zeros(1, max_image_tokens, self.dim))
-        nn.init.trunc_normal_(self.image_pos, std=0.02)
+        self.proj = nn.ModuleDict({name: nn.Linear(size, self.dim) for name, size in self.dims.items()})
+        self.pos = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(1, max_tokens, self.dim)) for name in self.positional}
+        )
+        for table in self.pos.values():
+            nn.init.trunc_normal_(table, std=0.02)
+        self._attention: dict[str, torch.Tensor] = {}
 
-    def embed(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        image_mask: torch.Tensor | None,
-        text_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate and project ``image`` [B, Ni, Di] and ``text`` [B, Nt, Dt] to ``[B, N, dim]`` each."""
-        check_tokens(image, text, self.image_dim, self.text_dim, image_mask, text_mask)
-        num_patches = image.shape[1]
-        if num_patches > self.max_image_tokens:
-            raise ValueError(
-                f"got {num_patches} image tokens but max_image_tokens={self.max_image_tokens}; "
-                "raise max_image_tokens (the size of the positional embedding)"
-            )
-        # Zero padded features so that nothing from them (not even NaN or inf) can leak into real tokens.
-        if image_mask is not None:
-            image = image.masked_fill(~image_mask.unsqueeze(-1), 0.0)
-        if text_mask is not None:
-            text = text.masked_fill(~text_mask.unsqueeze(-1), 0.0)
-        return self.image_proj(image) + self.image_pos[:, :num_patches], self.text_proj(text)
+    def check(self, inputs: Inputs, masks: Masks) -> None:
+        """The base checks, and no more tokens than ``max_tokens`` in an input with a positional embedding."""
+        super().check(inputs, masks)
+        for name in self.positional:
+            count = inputs[name].shape[1]
+            if count > self.max_tokens:
+                raise ValueError(
+                    f"{name} has {count} tokens but max_tokens={self.max_tokens}; raise max_tokens "
+                    f"(the size of the positional embedding of {self.positional})"
+                )
+
+    def embed(self, inputs: Inputs, masks: Masks) -> dict[str, torch.Tensor]:
+        """Project every validated input to ``[B, N_m, dim]``, padded tokens zeroed, positions added."""
+        embedded = {}
+        for name, x in inputs.items():
+            mask = masks[name]
+            if mask is not None:
+                x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+            x = self.proj[name](x)
+            if name in self.pos:
+                x = x + self.pos[name][:, : x.shape[1]]
+            embedded[name] = x
+        return embedded
+
+    def keep_attention(self, maps: Mapping[str, torch.Tensor | None]) -> None:
+        """Keep the last layer's maps (detached) while ``store_attention`` is True; clear them otherwise."""
+        self._attention = (
+            {key: weights.detach() for key, weights in maps.items() if weights is not None}
+            if self.store_attention
+            else {}
+        )
+
+    def attention_maps(self) -> dict[str, torch.Tensor]:
+        """The last forward's per-head maps ``[B, heads, N_query, N_context]`` keyed by :func:`context_key`
+        (``"text->image"``, ``"text->image+tabular"``); empty unless that forward ran with ``store_attention``."""
+        return dict(self._attention)

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from medfusion.fusion.base import FUSIONS, Fusion
-from medfusion.fusion.checks import check_pooled
+from medfusion.fusion.checks import Inputs, Masks
 
 
 @FUSIONS.register("concat")
 class ConcatFusion(Fusion):
     """Early fusion by concatenation (the standard baseline; Baltrušaitis et al., 2019 survey).
 
-    ``h = Dropout(GELU(W [v; t] + b))``.
+    ``h = Dropout(GELU(W [x_1; …; x_N] + b))`` over the inputs in ``names`` order. An absent input's block is
+    zeroed before ``W``, so its columns of ``W`` contribute nothing: it has no influence on ``h``.
     """
 
-    def __init__(self, image_dim: int, text_dim: int, out_dim: int, *, dropout: float = 0.1) -> None:
-        super().__init__(image_dim, text_dim, out_dim)
-        self.proj = nn.Linear(image_dim + text_dim, out_dim)
+    def __init__(
+        self,
+        dims: Mapping[str, int] | None = None,
+        out_dim: int | None = None,
+        *,
+        image_dim: int | None = None,
+        text_dim: int | None = None,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(dims, out_dim, image_dim=image_dim, text_dim=text_dim)
+        self.proj = nn.Linear(sum(self.dims.values()), self.out_dim)
         self.act = nn.GELU()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Fuse ``image`` [B, Di] and ``text`` [B, Dt] into [B, out_dim]."""
-        check_pooled(image, text, self.image_dim, self.text_dim)
-        return self.dropout(self.act(self.proj(torch.cat([image, text], dim=-1))))
+    def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:
+        """``[B, Σ D_i]`` -> ``[B, out_dim]``; ``masked_fill``, not a product, so NaN in an absent row stays out."""
+        blocks = [
+            inputs[name] if masks[name] is None else inputs[name].masked_fill(~masks[name][:, None], 0)
+            for name in self.names
+        ]
+        return self.dropout(self.act(self.proj(torch.cat(blocks, dim=-1))))

@@ -1,69 +1,83 @@
-"""Cross-attention fusion: the tokens of one modality attend over the tokens of the other."""
+"""Cross-attention fusion: the tokens of each query input attend over the tokens of all the other inputs."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from medfusion.fusion.attention import TokenFusion, block_stack, masked_mean
+from medfusion.fusion.attention import TokenFusion, block_stack, concat_tokens, context_key, masked_mean, select_names
 from medfusion.fusion.base import FUSIONS
-
-Direction = Literal["text_to_image", "image_to_text"]
+from medfusion.fusion.checks import Inputs, Masks
 
 
 @FUSIONS.register("cross_attention")
 class CrossAttentionFusion(TokenFusion):
-    """One-directional cross-attention (MulT, Tsai et al., 2019; one stream of ViLBERT, Lu et al., 2019).
+    """MulT-style cross-modal attention over N inputs (Tsai et al., 2019; one stream of ViLBERT, Lu et al., 2019).
 
-    ``q = Blocks(q; c)`` with queries ``q`` from one modality and keys/values ``c`` from the other (default: text
-    tokens over image patches), then ``h = W · mean_real(LN(q))`` over the real query tokens only. With
-    ``store_attention=True`` the last layer's per-head maps are kept in ``last_attention`` ([B, heads, Nq, Nk]).
+    For each query input ``q`` in ``queries``, with ``e_m`` the embedded tokens (see :class:`TokenFusion`):
+    ``c_q = [e_m]_{m≠q}`` (the other inputs' tokens and masks concatenated in fusion order, so one softmax runs
+    over all of them), ``s_q = Blocks_q(e_q; c_q)`` (``num_layers`` pre-norm cross-attention blocks, the context
+    fixed), ``p_q = mean_real(LN_q(s_q))`` over ``q``'s real tokens only; ``h = W [p_q1; ...; p_qk]``.
+
+    ``queries`` (in fusion order): None = ``["text"]`` when the inputs are exactly ``image`` and ``text`` (report
+    tokens query the patches: the map ``explain`` draws), otherwise every input (MulT: each modality attends over
+    all the others). ``["image"]`` gives the other direction of the two-input case.
+
+    With ``store_attention``, :meth:`attention_maps` holds one map per query, keyed ``"<query>-><others joined
+    by '+'>"``: ``"text->image"`` [B, heads, N_text, N_image] for two inputs, ``"text->image+tabular"``
+    [B, heads, N_text, N_image + N_tabular] (image tokens first) for three.
     """
 
     def __init__(
         self,
-        image_dim: int,
-        text_dim: int,
-        out_dim: int,
+        dims: Mapping[str, Any] | None = None,
+        out_dim: int | None = None,
         *,
-        direction: Direction = "text_to_image",
+        image_dim: Any = None,
+        text_dim: Any = None,
+        queries: Sequence[str] | None = None,
         num_layers: int = 1,
         num_heads: int = 8,
         dropout: float = 0.1,
         ffn_mult: int = 4,
         dim: int | None = None,
-        max_image_tokens: int = 256,
+        max_tokens: int = 256,
+        positional: Sequence[str] | None = None,
         store_attention: bool = False,
     ) -> None:
         super().__init__(
-            image_dim, text_dim, out_dim, dim=dim, max_image_tokens=max_image_tokens, store_attention=store_attention
+            dims,
+            out_dim,
+            image_dim=image_dim,
+            text_dim=text_dim,
+            dim=dim,
+            max_tokens=max_tokens,
+            positional=positional,
+            store_attention=store_attention,
         )
-        if direction not in get_args(Direction):
-            raise ValueError(f"direction must be one of {get_args(Direction)}, got {direction!r}")
-        self.direction = direction
-        self.blocks = block_stack(num_layers, self.dim, num_heads, dropout, ffn_mult)
-        self.norm = nn.LayerNorm(self.dim)
-        self.out = nn.Linear(self.dim, out_dim)
-        self.last_attention: torch.Tensor | None = None
+        if queries is None:
+            queries = ["text"] if set(self.names) == {"image", "text"} else self.names
+        self.queries = select_names("queries", queries, self.names, allow_empty=False)
+        stack = {q: block_stack(num_layers, self.dim, num_heads, dropout, ffn_mult) for q in self.queries}
+        self.blocks = nn.ModuleDict(stack)
+        self.norms = nn.ModuleDict({q: nn.LayerNorm(self.dim) for q in self.queries})
+        self.out = nn.Linear(len(self.queries) * self.dim, self.out_dim)
 
-    def forward(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        *,
-        image_mask: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Fuse ``image`` [B, Ni, Di] and ``text`` [B, Nt, Dt] (bool masks, True = real) into [B, out_dim]."""
-        image, text = self.embed(image, text, image_mask, text_mask)
-        if self.direction == "text_to_image":
-            query, query_mask, context, context_mask = text, text_mask, image, image_mask
-        else:
-            query, query_mask, context, context_mask = image, image_mask, text, text_mask
-        for block in self.blocks:
-            query, weights = block(query, context, context_mask, need_weights=self.store_attention)
-        if weights is not None:
-            self.last_attention = weights.detach()
-        return self.out(masked_mean(self.norm(query), query_mask))
+    def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:
+        """Fuse validated token inputs ``{name: [B, N_m, D_m]}`` (masks True = real) into ``[B, out_dim]``."""
+        tokens = self.embed(inputs, masks)
+        pooled, maps = [], {}
+        for query in self.queries:
+            others = [name for name in self.names if name != query]
+            context, context_mask = concat_tokens(tokens, masks, others)
+            stream, blocks = tokens[query], self.blocks[query]
+            for layer, block in enumerate(blocks):
+                last = layer == len(blocks) - 1
+                stream, weights = block(stream, context, context_mask, need_weights=self.store_attention and last)
+            maps[context_key(query, others)] = weights
+            pooled.append(masked_mean(self.norms[query](stream), masks[query]))
+        self.keep_attention(maps)
+        return self.out(torch.cat(pooled, dim=-1))

@@ -11,7 +11,10 @@ from medfusion.registry import Registry
 
 
 class Head(nn.Module):
-    """Base class of classification heads: maps ``[B, in_dim]`` to logits ``[B, num_classes]``."""
+    """Base class of classification heads: maps ``[B, in_dim]`` to logits ``[B, num_classes]``.
+
+    The hook that logging and ``medfusion explain`` read is declared here: :meth:`routing`.
+    """
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -20,6 +23,11 @@ class Head(nn.Module):
 
     def extra_losses(self) -> dict[str, torch.Tensor]:
         """Auxiliary training losses of the last forward (e.g. MoE balance); none by default."""
+        return {}
+
+    def routing(self) -> dict[str, torch.Tensor]:
+        """Detached routing statistics of the last forward of heads that route samples (MoE): ``load`` and
+        ``importance`` [K], ``combine`` [B, K]; empty for the others."""
         return {}
 
 

@@ -44,7 +44,7 @@ class MoEHead(Head):
 
     ``extra_losses()`` (training only) returns ``moe_balance`` (:func:`moe_balance_loss` on the dense
     probabilities, times ``balance_weight``) and, when ``z_loss_weight > 0``, ``moe_z`` (router z-loss,
-    ``mean logsumexp(h)^2``, Zoph et al. 2022). ``last_routing`` holds detached statistics of the last
+    ``mean logsumexp(h)^2``, Zoph et al. 2022). ``routing()`` gives detached statistics of the last
     forward: ``load`` (fraction of samples routed to each expert; sums to ``top_k``), ``importance``
     (mean dense probability per expert) and ``combine`` (the [B, K] mixing weights).
     """
@@ -81,7 +81,7 @@ class MoEHead(Head):
         if self.noise is not None:  # Shazeer 2017 initialises the noise projection at zero
             nn.init.zeros_(self.noise.weight)
             nn.init.zeros_(self.noise.bias)
-        self.last_routing: dict[str, torch.Tensor] = {}
+        self._routing: dict[str, torch.Tensor] = {}
         self._extra: dict[str, torch.Tensor] = {}
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,7 +105,7 @@ class MoEHead(Head):
         router_logits, probs, combine, selected = self.route(x)
         expert_logits = torch.stack([expert(x) for expert in self.experts], dim=1)  # [B, K, C]
         out = torch.einsum("bk,bkc->bc", combine.to(expert_logits.dtype), expert_logits)
-        self.last_routing = {
+        self._routing = {
             "load": selected.mean(0),
             "importance": probs.mean(0).detach(),
             "combine": combine.detach(),
@@ -117,6 +117,9 @@ class MoEHead(Head):
                 z = torch.logsumexp(router_logits.float(), dim=-1)
                 self._extra["moe_z"] = self.z_loss_weight * (z**2).mean()
         return out
+
+    def routing(self) -> dict[str, torch.Tensor]:
+        return dict(self._routing)
 
     def extra_losses(self) -> dict[str, torch.Tensor]:
         """``moe_balance`` (and ``moe_z``) of the last training forward, already weighted; empty in eval."""

@@ -319,16 +319,19 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def routing_stats(self) -> dict[str, torch.Tensor]:
-        """Detached routing statistics of the last forward: MoE expert load and importance of the head
-        (``moe_load_<k>``, ``moe_importance_<k>``) and the mean gate of a gated fusion (``gate_mean``)."""
+        """Detached statistics of the last forward from the fusion's and head's hooks: MoE expert load and
+        importance (``moe_load_<k>``, ``moe_importance_<k>``) and the mean weight of each fusion input
+        (``fusion_weight_<name>``, for fusions that weigh their inputs: gated, hierarchical)."""
         stats: dict[str, torch.Tensor] = {}
-        routing = getattr(self.head, "last_routing", None) or {}
+        routing = self.head.routing()
         for kind in ("load", "importance"):
             for k, value in enumerate(routing.get(kind, [])):
                 stats[f"moe_{kind}_{k}"] = value.detach()
-        gate = getattr(getattr(self, "fusion", None), "last_gate", None)
-        if isinstance(gate, torch.Tensor):
-            stats["gate_mean"] = gate.detach().float().mean()
+        fusion = getattr(self, "fusion", None)
+        weights = fusion.modality_weights() if fusion is not None else None
+        if weights is not None:
+            for name, column in zip(fusion.names, weights.detach().float().mean(dim=0), strict=True):
+                stats[f"fusion_weight_{name}"] = column
         return stats
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -18,7 +18,7 @@ from medfusion.losses import clip_loss, disagreement_weight, supcon_loss, symmet
 from medfusion.models.base import ClassifierModule, require
 from medfusion.models.missing import MissingModality, drop_modalities, masked_mean, present_mask
 
-FusionFactory = Callable[[Any, Any, int], Fusion]
+FusionFactory = Callable[[dict[str, Any], int], Fusion]
 
 
 class MultimodalClassifier(ClassifierModule):
@@ -38,7 +38,7 @@ class MultimodalClassifier(ClassifierModule):
     Args:
         image_encoder: builds the image encoder (``ImageEncoder``, any timm model).
         text_encoder: builds the text encoder, called with the tokenizer's ``vocab_size``.
-        fusion: the fusion, called as ``fusion(image_dim, text_dim, out_dim)``
+        fusion: the fusion, called as ``fusion({"image": image_dim, "text": text_dim}, out_dim)``
             (dims are lists for level fusions).
         fusion_dim: the fused feature size fed to the head.
         vocab_size: the datamodule tokenizer's vocabulary size (linked by the CLI).
@@ -104,12 +104,9 @@ class MultimodalClassifier(ClassifierModule):
         self.image_encoder = image_encoder()
         self.text_encoder = text_encoder(vocab_size=vocab_size)
         kind = fusion_class(fusion).input_kind
-        dims = {
-            "pooled": (self.image_encoder.out_dim, self.text_encoder.out_dim),
-            "tokens": (self.image_encoder.token_dim, self.text_encoder.token_dim),
-            "levels": (self.image_encoder.level_dims, self.text_encoder.level_dims),
-        }[kind]
-        self.fusion = fusion(*dims, fusion_dim)
+        size = {"pooled": "out_dim", "tokens": "token_dim", "levels": "level_dims"}[kind]
+        dims = {"image": getattr(self.image_encoder, size), "text": getattr(self.text_encoder, size)}
+        self.fusion = fusion(dims, fusion_dim)
         self._build_head(self.fusion.out_dim)
         learn_pooled = kind == "pooled" or aux_heads or clip_weight > 0
         for name, encoder in (("missing_image", self.image_encoder), ("missing_text", self.text_encoder)):
@@ -168,10 +165,12 @@ class MultimodalClassifier(ClassifierModule):
         """The fused features ``[B, fusion.out_dim]`` of two encoder outputs."""
         kind = self.fusion.input_kind
         if kind == "tokens":
-            return self.fusion(image.tokens, text.tokens, image_mask=image.mask, text_mask=text.mask)
+            return self.fusion(
+                {"image": image.tokens, "text": text.tokens}, masks={"image": image.mask, "text": text.mask}
+            )
         if kind == "levels":
-            return self.fusion(image.levels, text.levels)
-        return self.fusion(image.pooled, text.pooled)
+            return self.fusion({"image": image.levels, "text": text.levels})
+        return self.fusion({"image": image.pooled, "text": text.pooled})
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.fuse(*self.encode(batch))
