@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -19,13 +21,13 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medfusion.callbacks import Evaluation, Explanations, MetricsJSON, PredictionWriter, ValidationPredictions
-from medfusion.checkpoints import CheckpointError, fetch_remote, is_remote
 from medfusion.data import MultimodalDataModule
 from medfusion.data.demo import default_cache_dir
 from medfusion.data.errors import ConfigError, DataError, check_option
 from medfusion.data.transforms import eval_transform
 from medfusion.models import ClassifierModule, DivergedError
-from medfusion.resume import SafeCheckpointIO, resolve_resume
+from medfusion.runs.checkpoints import CheckpointError, fetch_remote, is_remote
+from medfusion.runs.resume import SafeCheckpointIO, resolve_resume
 
 # Errors about the user's input, printed as themselves (no traceback) with exit status 2.
 INPUT_ERRORS = (DataError, ConfigError, CheckpointError)
@@ -54,18 +56,24 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 def short_name(config: Namespace | None, suffixes: Sequence[str] = ("Classifier", "Fusion", "Head", "Loss")) -> str:
-    """``medfusion.fusion.GatedFusion`` -> ``gated``: the class name without the family suffix, lower case."""
+    """The component's one name: its registry name (``medfusion.fusion.LowRankTensorFusion`` -> ``lmf``, the same
+    as its config fragment and ``compare`` cell label), else the class name without the family suffix, lower
+    case (``medfusion.models.MultimodalClassifier`` -> ``multimodal``)."""
     if config is None or not getattr(config, "class_path", None):
         return ""
-    name = config.class_path.rsplit(".", 1)[-1]
+    module, _, name = str(config.class_path).rpartition(".")
+    with contextlib.suppress(ImportError, AttributeError, ValueError):
+        registered = getattr(importlib.import_module(module), name).__dict__.get("registry_name")
+        if registered:
+            return registered
     for suffix in suffixes:
         name = name.removesuffix(suffix)
     return name.lower()
 
 
 def describe_run(config: Namespace) -> tuple[str, list[str]]:
-    """A run name and tags from the config: model kind, fusion, head, loss and seed (e.g. ``multimodal-gated-mlp-
-    crossentropy-s0``)."""
+    """A run name and tags from the config: model kind, fusion, head, loss (their registered names) and seed, e.g.
+    ``multimodal-gated-mlp-ce-s0``."""
     model = config.model
     init = getattr(model, "init_args", None) or Namespace()
     parts = [short_name(model), short_name(getattr(init, "fusion", None))]
@@ -216,8 +224,8 @@ def demo_data_main(argv: Sequence[str]) -> None:
 def explain_main(argv: Sequence[str]) -> None:
     """medfusion explain --config CFG --ckpt_path CKPT [--ids ID ...]: write one PNG per sample with the Grad-CAM
     overlay, the text tokens' attention maps, gate values, MoE routing and class probabilities."""
-    from medfusion.checkpoints import load_weights
     from medfusion.interpret import explain_batch, save_explanations
+    from medfusion.runs.checkpoints import load_weights
 
     parser = argparse.ArgumentParser(
         prog="medfusion explain",
@@ -273,45 +281,13 @@ def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, nu
     return [where[i][0][where[i][1]] for i in ids]
 
 
-def compare_parser() -> Any:
-    """The parser of ``medfusion compare`` (also reads its ``--config`` files, e.g. configs/compare/demo.yaml)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(prog="medfusion compare", description=compare_main.__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file holding the options below")
-    parser.add_argument("--base", type=list[str], required=True, help="configs of every cell, as for medfusion fit")
-    parser.add_argument("--fusions", type=list[str], required=True, help="registered names or config fragments")
-    parser.add_argument("--heads", type=list[str], default=["mlp"], help="registered names or config fragments")
-    parser.add_argument("--losses", type=list[str] | None, default=None, help="loss classes or config fragments")
-    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
-    parser.add_argument("--overrides", type=list[str], default=[], help="extra medfusion fit arguments of every cell")
-    parser.add_argument("--out_dir", type=str, default="runs/compare")
-    parser.add_argument("--keep_checkpoints", type=bool, default=False)
-    parser.add_argument("--metric", type=str, default="macro_f1", help="the test metric that ranks the leaderboard")
-    return parser
-
-
-def compare_main(argv: Sequence[str]) -> None:
-    """medfusion compare --config configs/compare/demo.yaml: train a grid of fusions × heads (× losses) × seeds from
-    base configs and write a leaderboard (mean ± std and 95% CI over seeds) as CSV, Markdown and PNG. Re-running it
-    with the same arguments skips the finished cells."""
-    from medfusion.compare import run_grid
-
-    args = compare_parser().parse_args(list(argv))
-    run_grid(
-        base=args.base,
-        fusions=args.fusions,
-        heads=args.heads,
-        seeds=args.seeds,
-        losses=args.losses,
-        overrides=args.overrides,
-        out_dir=args.out_dir,
-        keep_checkpoints=args.keep_checkpoints,
-        metric=args.metric,
-    )
-
-
-EXTRA_COMMANDS = {"demo-data": demo_data_main, "explain": explain_main, "compare": compare_main}
+# The extra commands by name, as "module:function" entry points imported on use: `compare` builds on this module,
+# which therefore never imports it.
+EXTRA_COMMANDS = {
+    "demo-data": "medfusion.cli:demo_data_main",
+    "explain": "medfusion.cli:explain_main",
+    "compare": "medfusion.compare:compare_main",
+}
 DESCRIPTION = (
     "Multimodal (image + text) medical classification. Subcommands fit/validate/test/predict take "
     "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset, "
@@ -325,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Errors propagate as exceptions; :func:`console` is the console script that prints them."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in EXTRA_COMMANDS:
-        EXTRA_COMMANDS[args[0]](args[1:])
+        module, function = EXTRA_COMMANDS[args[0]].split(":")
+        getattr(importlib.import_module(module), function)(args[1:])
         return 0
     try:
         cli = MedfusionCLI(

@@ -24,8 +24,12 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
+from medfusion.cli import LoggerSaveConfigCallback, MedfusionCLI, own_best_checkpoint
+from medfusion.data import MultimodalDataModule
 from medfusion.fusion import FUSIONS
 from medfusion.heads import HEADS
+from medfusion.losses import LOSSES
+from medfusion.models import ClassifierModule
 
 METRICS = ("macro_f1", "balanced_acc", "macro_auroc", "acc", "ece")
 LOWER_IS_BETTER = {"ece"}
@@ -60,19 +64,19 @@ def label(item: str) -> str:
 
 def item_args(kind: str, item: str) -> list[str]:
     """CLI arguments selecting ``item`` for ``kind`` (fusion, head, loss): a YAML fragment (``--config``), a
-    registered fusion or head name (``gated``, ``moe``), or a class (``FocalLoss``, ``my.module.MyHead``)."""
+    registered name (``gated``, ``moe``, ``focal``), or a class (``FocalLoss``, ``my.module.MyHead``)."""
     if item.endswith((".yaml", ".yml")):
         if not Path(item).is_file():
             raise FileNotFoundError(f"The {kind} config {item} does not exist")
         return ["--config", item]
-    registry = {"fusion": FUSIONS, "head": HEADS}.get(kind)
+    registry = {"fusion": FUSIONS, "head": HEADS, "loss": LOSSES}[kind]
     if "." in item:
         class_path = item
-    elif registry is not None:
+    elif kind == "loss" and item not in registry and item[:1].isupper():  # a loss class by name: FocalLoss
+        class_path = f"medfusion.losses.{item}"
+    else:
         cls = registry.get(item)  # an unknown name raises, listing the registered ones
         class_path = f"{cls.__module__}.{cls.__qualname__}"
-    else:
-        class_path = f"medfusion.losses.{item}"
     return [f"--model.init_args.{kind}", json.dumps({"class_path": class_path})]
 
 
@@ -112,10 +116,6 @@ def quiet_lightning() -> Iterator[None]:
 def run_cell(cell: Cell, base: Sequence[str], overrides: Sequence[str], cell_dir: Path, keep_checkpoints: bool) -> dict:
     """Fit, then test the best checkpoint; returns (and writes as ``result.json``) the test metrics, the parameter
     counts and the fit and test times. A half-finished directory of an earlier attempt is removed first."""
-    from medfusion.cli import LoggerSaveConfigCallback, MedfusionCLI, own_best_checkpoint
-    from medfusion.data import MultimodalDataModule
-    from medfusion.models import ClassifierModule
-
     shutil.rmtree(cell_dir, ignore_errors=True)
     cli = MedfusionCLI(
         ClassifierModule,
@@ -313,3 +313,39 @@ def write_leaderboard(board: pd.DataFrame, out_dir: Path, metric: str = "macro_f
     plot_leaderboard(board, out_dir / "leaderboard.png", metric)
     print(table)
     print(f"Leaderboard: {out_dir / 'leaderboard.md'} (also .csv, .png); every cell's run in {out_dir / 'cells'}")
+
+
+def compare_parser() -> Any:
+    """The parser of ``medfusion compare`` (also reads its ``--config`` files, e.g. configs/compare/demo.yaml)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="medfusion compare", description=compare_main.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file holding the options below")
+    parser.add_argument("--base", type=list[str], required=True, help="configs of every cell, as for medfusion fit")
+    parser.add_argument("--fusions", type=list[str], required=True, help="registered names or config fragments")
+    parser.add_argument("--heads", type=list[str], default=["mlp"], help="registered names or config fragments")
+    parser.add_argument("--losses", type=list[str] | None, default=None, help="loss classes or config fragments")
+    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2])
+    parser.add_argument("--overrides", type=list[str], default=[], help="extra medfusion fit arguments of every cell")
+    parser.add_argument("--out_dir", type=str, default="runs/compare")
+    parser.add_argument("--keep_checkpoints", type=bool, default=False)
+    parser.add_argument("--metric", type=str, default="macro_f1", help="the test metric that ranks the leaderboard")
+    return parser
+
+
+def compare_main(argv: Sequence[str]) -> None:
+    """medfusion compare --config configs/compare/demo.yaml: train a grid of fusions × heads (× losses) × seeds from
+    base configs and write a leaderboard (mean ± std and 95% CI over seeds) as CSV, Markdown and PNG. Re-running it
+    with the same arguments skips the finished cells."""
+    args = compare_parser().parse_args(list(argv))
+    run_grid(
+        base=args.base,
+        fusions=args.fusions,
+        heads=args.heads,
+        seeds=args.seeds,
+        losses=args.losses,
+        overrides=args.overrides,
+        out_dir=args.out_dir,
+        keep_checkpoints=args.keep_checkpoints,
+        metric=args.metric,
+    )

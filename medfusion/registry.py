@@ -27,6 +27,12 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> type[T]:
+        """Remove and return the class registered as ``name`` (e.g. a plugin defined for one experiment)."""
+        cls = self.get(name)
+        del self._classes[name]
+        return cls
+
     def get(self, name: str) -> type[T]:
         try:
             return self._classes[name]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medfusion.checkpoints import load_weights, plain_config, read_checkpoint
 from medfusion.encoders import ImageEncoder, TextEncoder
 from medfusion.fusion import GatedFusion
 from medfusion.heads import MLPHead
 from medfusion.models import MultimodalClassifier
+from medfusion.runs.checkpoints import load_weights, plain_config, read_checkpoint
 
 
 def build() -> MultimodalClassifier:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medfusion.checkpoints import CheckpointError
 from medfusion.cli import find_samples, main
 from medfusion.models import DivergedError
+from medfusion.runs.checkpoints import CheckpointError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 pytestmark = pytest.mark.slow
@@ -258,10 +258,10 @@ def test_predict_needs_no_training_data(fitted) -> None:
 
 def _model_and_data(args: list[str], ckpt: Path):
     """The fitted model and the demo data (all splits set up), built from the same config as the CLI."""
-    from medfusion.checkpoints import load_weights
     from medfusion.cli import MedfusionCLI
     from medfusion.data import MultimodalDataModule
     from medfusion.models import ClassifierModule
+    from medfusion.runs.checkpoints import load_weights
 
     cli = MedfusionCLI(
         ClassifierModule,

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import medfusion.compare as compare
-from medfusion.cli import compare_parser, main
+from medfusion.cli import main
+from medfusion.compare import compare_parser
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

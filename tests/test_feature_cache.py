@@ -7,6 +7,7 @@ import json
 import os
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -14,11 +15,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import medfusion.models.feature_cache as feature_cache
 from medfusion.data import DemoDataModule
-from medfusion.data.feature_cache import CachedFeatures
 from medfusion.encoders import ImageEncoder, TextEncoder, encode_present
 from medfusion.fusion import ConcatFusion, CrossAttentionFusion, HierarchicalFusion
 from medfusion.models import MultimodalClassifier
+from medfusion.models.feature_cache import CachedFeatures, as_batch, cached_features
 
 FUSIONS = {"pooled": ConcatFusion, "tokens": CrossAttentionFusion, "levels": HierarchicalFusion}
 
@@ -54,7 +56,7 @@ def model(dm: DemoDataModule, fusion=ConcatFusion, seed: int = 0, **kwargs) -> M
 def test_cached_features_are_bit_identical_to_a_fresh_encoder_pass(kind: str, demo_root: Path, tmp_path: Path) -> None:
     dm = datamodule(demo_root, tmp_path)
     net = model(dm, FUSIONS[kind]).eval()
-    cached = dm.cached_features("train", net)
+    cached = cached_features(net, dm, "train")
     assert isinstance(cached, CachedFeatures)
     fields = net.feature_fields()
     loader = DataLoader(dm.datasets["train"], batch_size=dm.batch_size, collate_fn=dm.collate)
@@ -88,23 +90,23 @@ def entries(cache: Path) -> set[str]:
 def test_changing_the_encoder_or_the_data_invalidates_the_cache(demo_root: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     dm = datamodule(demo_root, cache)
-    first = dm.cached_features("val", model(dm)).stores
+    first = cached_features(model(dm), dm, "val").stores
     assert all(store.computed for store in first.values())
     assert entries(cache) == {first["image"].path.name, first["text"].path.name}
 
-    again = dm.cached_features("val", model(dm)).stores  # same weights, same data: read back, not recomputed
+    again = cached_features(model(dm), dm, "val").stores  # same weights, same data: read back, not recomputed
     assert {m: (s.path, s.computed) for m, s in again.items()} == {m: (s.path, False) for m, s in first.items()}
 
     def new_entries(stores: dict) -> dict[str, bool]:
         return {m: s.path != first[m].path and s.computed for m, s in stores.items()}
 
     # other weights (another seed): both encoders are new
-    assert new_entries(dm.cached_features("val", model(dm, seed=1)).stores) == {"image": True, "text": True}
+    assert new_entries(cached_features(model(dm, seed=1), dm, "val").stores) == {"image": True, "text": True}
     # other settings of one encoder: only its entry changes
     mean_pooled = model(dm, text_encoder=partial(TextEncoder, "tiny", pooling="mean"))
-    assert new_entries(dm.cached_features("val", mean_pooled).stores) == {"image": False, "text": True}
+    assert new_entries(cached_features(mean_pooled, dm, "val").stores) == {"image": False, "text": True}
     # what the fusion needs (tokens instead of pooled) is part of the key
-    assert new_entries(dm.cached_features("val", model(dm, CrossAttentionFusion)).stores) == {
+    assert new_entries(cached_features(model(dm, CrossAttentionFusion), dm, "val").stores) == {
         "image": True,
         "text": True,
     }
@@ -114,7 +116,7 @@ def test_changing_the_encoder_or_the_data_invalidates_the_cache(demo_root: Path,
     stat = image.stat()
     Image.new("RGB", (32, 32), (0, 255, 0)).save(image)
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert new_entries(datamodule(demo_root, cache).cached_features("val", model(dm)).stores) == {
+    assert new_entries(cached_features(model(dm), datamodule(demo_root, cache), "val").stores) == {
         "image": True,
         "text": False,
     }
@@ -124,7 +126,7 @@ def test_changing_the_encoder_or_the_data_invalidates_the_cache(demo_root: Path,
     texts = json.loads(reports.read_text())
     texts[dm.datasets["val"].ids[0]] = "a completely different report about a benign naevus"
     reports.write_text(json.dumps(texts))
-    assert new_entries(datamodule(demo_root, cache).cached_features("val", model(dm)).stores) == {
+    assert new_entries(cached_features(model(dm), datamodule(demo_root, cache), "val").stores) == {
         "image": False,
         "text": True,
     }
@@ -166,8 +168,63 @@ def test_what_caching_excludes_is_refused_with_the_fix(demo_root: Path, tmp_path
         DemoDataModule(root=str(demo_root), num_samples=80, demo_image_size=32, feature_cache=str(tmp_path))
     dm = datamodule(demo_root, tmp_path)
     with pytest.raises(ValueError, match=r"model\.freeze_encoders: true"):
-        dm.cached_features("train", model(dm, freeze_encoders=False))
+        cached_features(model(dm, freeze_encoders=False), dm, "train")
     with pytest.raises(ValueError, match="tta"):
-        dm.cached_features("train", model(dm, tta=["identity", "hflip"]))
+        cached_features(model(dm, tta=["identity", "hflip"]), dm, "train")
     with pytest.raises(RuntimeError, match="inside a Trainer"):
         dm.train_dataloader()
+    # in a Trainer the model refuses in its setup, before any loader is built
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"model\.freeze_encoders: true"):
+        trainer.fit(model(dm, freeze_encoders=False), dm)
+
+
+def test_the_datamodule_serves_what_the_hook_returns_read_as_the_dataset_declares(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    dm = datamodule(demo_root, tmp_path, num_workers=2)
+    net = model(dm)
+    dm.use_datasets(feature_cache.serve_cached_features(net, dm))
+    loader = dm.val_dataloader()
+    assert isinstance(loader.dataset, CachedFeatures)
+    assert loader.collate_fn is as_batch and loader.num_workers == 0 and not loader.persistent_workers
+    batch = next(iter(loader))
+    assert set(batch["features"]) == {"image", "text"} and batch["id"] == dm.datasets["val"].ids[: dm.batch_size]
+    dm.use_datasets(None)  # no hook: the cache needs a model again
+    with pytest.raises(RuntimeError, match="inside a Trainer"):
+        dm.val_dataloader()
+
+    plain = DemoDataModule(root=str(demo_root), num_samples=80, demo_image_size=32, image_size=32, num_workers=2)
+    plain.setup("fit")
+    plain.use_datasets(lambda name, dataset: dataset)  # a dataset declaring nothing: the datamodule's own loading
+    loader = plain.val_dataloader()
+    assert loader.collate_fn is not as_batch and loader.num_workers == 2
+
+
+class FakeStrategy:
+    def __init__(self, rank: int, events: list) -> None:
+        self.is_global_zero, self.events = rank == 0, events
+
+    def barrier(self, name: str) -> None:
+        self.events.append(("barrier", name))
+
+
+def test_under_ddp_rank_zero_computes_while_the_other_ranks_wait(demo_root: Path, tmp_path: Path, monkeypatch) -> None:
+    events: list = []
+    real = feature_cache.load_or_build
+
+    def recorded(root, encoder, modality, dataset, **build):
+        store = real(root, encoder, modality, dataset, **build)
+        events.append((modality, "computed" if store.computed else "read"))
+        return store
+
+    monkeypatch.setattr(feature_cache, "load_or_build", recorded)
+    dm = datamodule(demo_root, tmp_path)
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(strategy=FakeStrategy(rank, events))
+        cached_features(model(dm), dm, "val")
+    wait = ("barrier", "feature_cache")
+    assert events == [
+        *[("image", "computed"), wait, ("text", "computed"), wait],  # rank 0 writes each entry, then releases
+        *[wait, ("image", "read"), wait, ("text", "read")],  # the others wait for it, then read it
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from medfusion.losses import (
     CrossEntropyLoss,
     FocalLoss,
     LogitAdjustedLoss,
+    build_loss,
     class_weights_from_counts,
     clip_loss,
     disagreement_weight,
@@ -161,15 +163,43 @@ def test_post_hoc_logit_adjust() -> None:
     assert torch.allclose(adjusted - logits, -(3 * torch.tensor([0.9, 0.09, 0.01])).log())
 
 
+# --- registry ---------------------------------------------------------------------------------------
+
+
+def test_losses_registry_names_and_fragments() -> None:
+    """One name per loss: registry name = ``configs/loss/<name>.yaml`` stem, whose class_path is that class."""
+    assert LOSSES.names() == ["ce", "focal", "logit_adjusted"]
+    assert LOSSES.get("focal") is FocalLoss and FocalLoss.registry_name == "focal"
+    for name in LOSSES.names():
+        loss_cls = LOSSES.get(name)
+        assert loss_cls.registry_name == name
+        fragment = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+        class_path = fragment["model"]["init_args"]["loss"]["class_path"]
+        module, _, attr = class_path.rpartition(".")
+        assert getattr(importlib.import_module(module), attr) is loss_cls, name
+
+
 def test_losses_registry_builds_from_counts(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     logits, target = batch
-    assert set(LOSSES) == {"ce", "focal", "logit_adjusted"}
-    for loss_cls in LOSSES.values():
+    for name in LOSSES.names():
+        loss_cls = LOSSES.get(name)
         # class_counts comes first: jsonargparse hides it from configs and the models pass it positionally.
         assert next(iter(inspect.signature(loss_cls).parameters)) == "class_counts"
-        for loss in (loss_cls(class_counts=[4, 3, 2, 1]), loss_cls([4, 3, 2, 1])):
+        built = (loss_cls(class_counts=[4, 3, 2, 1]), loss_cls([4, 3, 2, 1]), build_loss(name, [4, 3, 2, 1]))
+        for loss in built:
+            assert type(loss) is loss_cls
             value = loss(logits, target)
             assert value.ndim == 0 and torch.isfinite(value)
+
+
+def test_build_loss_passes_hparams_and_lists_choices(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    focal = build_loss("focal", gamma=0.0)
+    assert isinstance(focal, FocalLoss) and focal.gamma == 0.0
+    assert torch.allclose(focal(*batch), F.cross_entropy(*batch), atol=1e-6)
+    weighted = build_loss("ce", class_counts=[40, 20, 10, 5], class_weights="inverse")
+    assert torch.allclose(weighted.weight, class_weights_from_counts([40, 20, 10, 5], "inverse"))
+    with pytest.raises(KeyError, match="Unknown loss 'dice'; choose one of: ce, focal, logit_adjusted"):
+        build_loss("dice")
 
 
 LOSS_FRAGMENTS = [

@@ -267,15 +267,6 @@ def test_single_modality_models_refuse_absent_inputs() -> None:
         TextClassifier(num_classes=4, text_encoder=SMALL_TEXT, vocab_size=VOCAB)(batch)
 
 
-def test_old_checkpoints_without_stand_ins_load() -> None:
-    model = multimodal()
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("missing_")}
-    restored = multimodal()
-    checkpoint = {"state_dict": state}
-    restored.on_load_checkpoint(checkpoint)
-    restored.load_state_dict(checkpoint["state_dict"])
-
-
 # ------------------------------------------------------------------------------- modality dropout
 def test_drop_modalities_drops_one_modality_never_both() -> None:
     torch.manual_seed(0)

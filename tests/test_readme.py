@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medfusion.cli import compare_parser, main
+from medfusion.cli import main
+from medfusion.compare import compare_parser
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"

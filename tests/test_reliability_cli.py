@@ -19,10 +19,16 @@ import torch
 from test_data import sample_rows, write_layout
 
 from medfusion.callbacks import PredictionWriter
-from medfusion.checkpoints import CheckpointError, check_finite, load_safely, read_checkpoint
 from medfusion.cli import console, main, message_of, own_best_checkpoint
 from medfusion.data import ConfigError, DataError
-from medfusion.resume import SafeCheckpointIO
+from medfusion.runs.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_finite,
+    load_safely,
+    read_checkpoint,
+)
+from medfusion.runs.resume import SafeCheckpointIO
 
 REPO = Path(__file__).parents[1]
 
@@ -179,7 +185,7 @@ def test_an_allowed_remote_checkpoint_is_still_loaded_weights_only(tmp_path: Pat
 
 def test_damaged_and_foreign_files_are_checkpoint_errors(tmp_path: Path) -> None:
     good = tmp_path / "good.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, good)
+    torch.save({"state_dict": {"w": torch.ones(3)}, "epoch": 0, "medfusion": {"format": CHECKPOINT_FORMAT}}, good)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[:100])
     text = tmp_path / "notes.ckpt"
@@ -196,6 +202,19 @@ def test_damaged_and_foreign_files_are_checkpoint_errors(tmp_path: Path) -> None
             read_checkpoint(path)
         assert str(path) in str(info.value)
     assert read_checkpoint(good)["epoch"] == 0
+
+
+def test_a_checkpoint_of_another_format_is_refused_naming_both_versions(tmp_path: Path) -> None:
+    for name, medfusion in (
+        ("old.ckpt", {"class_names": ["a", "b"]}),
+        ("newer.ckpt", {"format": CHECKPOINT_FORMAT + 1}),
+    ):
+        torch.save({"state_dict": {"w": torch.ones(3)}, "medfusion": medfusion}, tmp_path / name)
+        found = medfusion.get("format", 1)
+        expected = rf"{name} was written in medfusion checkpoint format {found}; this medfusion reads format "
+        for read in (read_checkpoint, SafeCheckpointIO().load_checkpoint):
+            with pytest.raises(CheckpointError, match=expected + str(CHECKPOINT_FORMAT)):
+                read(tmp_path / name)
 
 
 def test_pickled_code_in_a_local_checkpoint_never_runs(tmp_path: Path) -> None:

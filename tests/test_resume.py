@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from medfusion.checkpoints import CheckpointError
 from medfusion.cli import main
-from medfusion.resume import SafeCheckpointIO, epoch_seed, seed_epoch
+from medfusion.runs.checkpoints import CheckpointError
+from medfusion.runs.resume import SafeCheckpointIO, epoch_seed, seed_epoch
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 TESTS = Path(__file__).parent

@@ -95,7 +95,7 @@ def test_fit_and_test_log_metrics_tables_and_confusion_matrix_offline(tmp_path, 
     (run_file,) = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")
     files = run_file.parent / "files"
     history, config, name = history_and_config(run_file)
-    assert name == "multimodal-concat-mlp-crossentropy-s0"
+    assert name == "multimodal-concat-mlp-ce-s0"
     # hyperparameters: the whole CLI config, flattened
     assert config["model.init_args.lr"] == 0.001 and config["data.init_args.batch_size"] == 16
     # metrics of fit and test, with the test's intervals and calibration error

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,14 +11,12 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from medfusion.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state
 from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
 from medfusion.data.demo import default_cache_dir, ensure_demo_data
 from medfusion.data.errors import DataError
-from medfusion.data.feature_cache import CachedFeatures, as_batch, load_or_build
 from medfusion.data.images import ImageIndex, verify_images
 from medfusion.data.loaders import EpochSeededLoader
 from medfusion.data.options import check_data_options, check_demo_options
@@ -41,7 +38,8 @@ from medfusion.data.table import (
 from medfusion.data.texts import read_text_json
 from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from medfusion.resume import epoch_seed
+from medfusion.runs.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state
+from medfusion.runs.resume import epoch_seed
 
 Modality = Literal["image", "text"]
 SamplerKind = Literal["shuffle", "balanced"]
@@ -126,10 +124,13 @@ class MultimodalDataModule(L.LightningDataModule):
         feature_cache: a directory (e.g. ``~/.cache/medfusion/features``) for the outputs of frozen encoders
             (``model.freeze_encoders: true``): each split's features are computed once, stored there memory-mapped
             under a hash of the encoder and the data, reused by every later epoch and run, and recomputed when
-            either changes (see :mod:`medfusion.data.feature_cache`). The loaders then yield features, not images
-            and texts, so training runs the fusion and head only; they read in the main process
-            (``num_workers`` applies to computing the cache). Caching excludes what changes the encoders' input
-            or output per step: ``augment`` (set it false), trained encoders and test-time augmentation.
+            either changes (see ``models/feature_cache.py``). The loaders then yield features, not images and
+            texts, so training runs the fusion and head only; they read in the main process (``num_workers``
+            applies to computing the cache). Caching excludes what changes the encoders' input or output per
+            step: ``augment`` (set it false), trained encoders and test-time augmentation. The datamodule computes
+            nothing itself (data knows no model): a medfusion model in a Trainer serves the features through
+            :meth:`use_datasets`; without a Trainer call ``cached_features(model, datamodule, name)`` of the
+            models layer's ``feature_cache`` module.
         sampler: training order: ``"shuffle"`` (each sample once per epoch) or ``"balanced"`` (as many
             draws per epoch as training samples, with replacement, each class equally likely; seeded by
             ``seed`` and the epoch; DDP ranks share one draw). Do not combine ``"balanced"`` with a
@@ -195,6 +196,7 @@ class MultimodalDataModule(L.LightningDataModule):
                 "data.feature_cache to train with augmentation."
             )
         self.feature_cache = feature_cache
+        self._serve: Callable[[str, Dataset], Dataset] | None = None  # see use_datasets
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
         self.sampler = sampler
@@ -227,9 +229,7 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError("robustness (no_text and no_image test sets) needs modalities: [image, text]")
         self.data_report: dict[str, int] = {}
 
-        trained = read_checkpoint(from_checkpoint).get("medfusion") if from_checkpoint else None
-        if from_checkpoint and trained is None:
-            raise DataError(f"{from_checkpoint} holds no class names or tokenizer (written before medfusion 0.1)")
+        trained = read_checkpoint(from_checkpoint)["medfusion"] if from_checkpoint else None  # format checked
         if csv_path is None and trained is None:
             raise DataError("data.csv_path is not set. Fix: set it, or set data.from_checkpoint to a trained model.")
         if csv_path is None and not (predict_csv or test_sets):
@@ -447,8 +447,9 @@ class MultimodalDataModule(L.LightningDataModule):
         # with current_epoch one behind until its loop starts; a validation-end one restores the loader's state)
         epoch = self.trainer.fit_loop.epoch_progress.current.processed if train and self.trainer is not None else 0
         loader, options = (EpochSeededLoader, {"epoch": epoch}) if train else (DataLoader, {})
-        cached = isinstance(dataset, CachedFeatures)  # memory maps, read a batch at a time: no workers needed
-        workers = 0 if cached else self.num_workers
+        # a served dataset may declare how it is read (see use_datasets)
+        workers = 0 if getattr(dataset, "main_process_only", False) else self.num_workers
+        collate = getattr(dataset, "collate_fn", None) or self.collate
         return loader(
             dataset,
             batch_size=self.batch_size,
@@ -458,56 +459,34 @@ class MultimodalDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0 and not train,  # fresh workers: seeded per epoch
             pin_memory=torch.cuda.is_available(),
-            collate_fn=as_batch if cached else self.collate,
+            collate_fn=collate,
             **options,
         )
 
-    def _data(self, name: str) -> Dataset:
-        """What the loader of dataset ``name`` serves: the dataset, or with ``feature_cache`` its cached features
-        for the trainer's model."""
-        if self.feature_cache is None:
-            return self.datasets[name]
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        if model is None:
-            raise RuntimeError(
-                "data.feature_cache needs the model's encoders: use the loaders inside a Trainer, or call "
-                "datamodule.cached_features(name, model)"
-            )
-        return self.cached_features(name, model)
+    def use_datasets(self, fn: Callable[[str, Dataset], Dataset] | None) -> None:
+        """Serve ``fn(name, dataset)`` instead of each dataset to the loaders (``None``: the datasets again).
 
-    def cached_features(self, name: str, model: L.LightningModule) -> CachedFeatures:
-        """The features of dataset ``name`` by ``model``'s frozen encoders, from ``feature_cache`` (computed and
-        stored on first use; under DDP rank 0 computes while the others wait)."""
-        if not model.hparams.get("freeze_encoders"):
-            raise ValueError(
-                "data.feature_cache needs frozen encoders (trained ones change their features every step). "
-                "Fix: set model.freeze_encoders: true, or drop data.feature_cache."
+        The hook by which a model changes what the loaders read without the datamodule knowing the model: with
+        ``feature_cache`` a medfusion model installs one (in its ``setup``, which Lightning calls after this
+        datamodule's and before the loaders) that serves each split's cached encoder features. ``name`` is the
+        dataset's key in :attr:`datasets` (``"train"``, ``"val"``, ``"test"``, ``"test_<set>"``, ``"predict"``),
+        called each time a loader is built. A served dataset may declare how it is loaded: ``collate_fn``, used
+        instead of :attr:`collate`, and ``main_process_only = True`` for no worker processes (``num_workers`` 0).
+        """
+        self._serve = fn
+
+    def _data(self, name: str) -> Dataset:
+        """What the loader of dataset ``name`` serves: the dataset, or what the :meth:`use_datasets` hook makes of
+        it."""
+        if self._serve is not None:
+            return self._serve(name, self.datasets[name])
+        if self.feature_cache is not None:
+            raise RuntimeError(
+                "data.feature_cache needs the model's encoders: use the loaders inside a Trainer with a medfusion "
+                "model, or call cached_features(model, datamodule, name) from the models package's feature_cache "
+                "module"
             )
-        if model.tta:
-            raise ValueError("Test-time augmentation (model.tta) needs the images, which data.feature_cache skips")
-        dataset = self.datasets[name]
-        strategy = self.trainer.strategy if self.trainer is not None else None
-        stores = {}
-        for modality, encoder in model.feature_encoders().items():
-            if strategy is not None and not strategy.is_global_zero:
-                strategy.barrier("feature_cache")  # rank 0 writes the entry first
-            start = time.perf_counter()
-            stores[modality] = store = load_or_build(
-                self.feature_cache,
-                encoder,
-                modality,
-                dataset,
-                collate=self.collate,
-                fields=model.feature_fields(),
-                device=model.device,
-                batch_size=self.batch_size,
-                num_workers=self.num_workers,
-            )
-            if strategy is not None and strategy.is_global_zero:
-                strategy.barrier("feature_cache")
-            done = f"computed in {time.perf_counter() - start:.1f} s" if store.computed else "reused"
-            rank_zero_info(f"Feature cache: {name} {modality} features of {len(dataset)} samples {done}: {store.path}")
-        return CachedFeatures(dataset.ids, dataset.labels, stores)
+        return self.datasets[name]
 
     @property
     def collate(self) -> Collate:

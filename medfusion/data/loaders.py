@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from medfusion.resume import seed_epoch
+from medfusion.runs.resume import seed_epoch
 
 
 class EpochSeededLoader(DataLoader):

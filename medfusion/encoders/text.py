@@ -8,9 +8,8 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, PreTrainedModel
 
-from medfusion.data.tokenizer import pretrained_tokenizer
 from medfusion.encoders.encoded import Encoded
 
 TINY = "tiny"
@@ -34,9 +33,11 @@ def pretrained_vocab_size(name: str) -> int | None:
     """The size of the tokenizer a model was pretrained with (what ``data.tokenizer: <name>`` gives), or None
     when it cannot be loaded (no tokenizer files with the weights, offline without a cache)."""
     try:
-        return len(pretrained_tokenizer(name))
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, ImportError, KeyError, TypeError):
         return None
+    # a folder with only config.json and weights gives a tokenizer of just the special tokens: no vocabulary
+    return len(tokenizer) if len(tokenizer) > len(set(tokenizer.all_special_ids)) else None
 
 
 def without_pooler(factory: Callable[..., PreTrainedModel], source: Any) -> PreTrainedModel:

@@ -15,12 +15,20 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import PreTrainedTokenizerFast
 
-from medfusion.checkpoints import check_class_names, check_finite, plain_config, tokenizer_state
+from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.errors import check_option
 from medfusion.heads import Head, MLPHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
+from medfusion.models.feature_cache import serve_cached_features
 from medfusion.models.guards import check_loss, check_weights
+from medfusion.runs.checkpoints import (
+    CHECKPOINT_FORMAT,
+    check_class_names,
+    check_finite,
+    plain_config,
+    tokenizer_state,
+)
 from medfusion.tta import TTA_VIEWS, average_log_probs, check_views
 
 HeadFactory = Callable[[int, int], Head]
@@ -225,11 +233,22 @@ class ClassifierModule(L.LightningModule):
                     module.compile()
 
     def setup(self, stage: str) -> None:
+        # With data.feature_cache the loaders serve the frozen encoders' cached features (Lightning builds them after
+        # this hook and the datamodule's setup): refuse what caching excludes before any weights load.
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if isinstance(datamodule, MultimodalDataModule) and datamodule.feature_cache is not None:
+            datamodule.use_datasets(serve_cached_features(self, datamodule))
         # Pretrained weights load when a fit starts, never when a model is rebuilt from a checkpoint.
         if stage == "fit" and not self._pretrained_loaded:
             for encoder in self.encoders():
                 encoder.load_pretrained()
             self._pretrained_loaded = True
+
+    def teardown(self, stage: str) -> None:
+        # the datamodule may outlive this run: it must not keep serving this model's cached features
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if isinstance(datamodule, MultimodalDataModule):
+            datamodule.use_datasets(None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store what using the model needs besides weights: class names and counts, and the text tokenizer, so
@@ -240,14 +259,15 @@ class ClassifierModule(L.LightningModule):
         check_weights(self, checkpoint.get("state_dict", {}))
         checkpoint["hyper_parameters"] = plain_config(checkpoint.get("hyper_parameters", {}))
         checkpoint["medfusion"] = {
+            "format": CHECKPOINT_FORMAT,
             "class_names": list(self.class_names),
             "class_counts": self.hparams.class_counts,
             "tokenizer": tokenizer_state(tokenizer) if isinstance(tokenizer, PreTrainedTokenizerFast) else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained on other classes (naming both lists) or with non-finite weights; fill buffers
-        newer than the file."""
+        """Refuse a checkpoint trained on other classes (naming both lists) or with non-finite weights (its format
+        was checked when it was read)."""
         where = self._trainer.ckpt_path if self._trainer is not None and self._trainer.ckpt_path else "The checkpoint"
         check_finite(checkpoint.get("state_dict", {}), str(where))
         trained = checkpoint.get("medfusion", {}).get("class_names") or checkpoint.get("hyper_parameters", {}).get(
@@ -255,9 +275,6 @@ class ClassifierModule(L.LightningModule):
         )
         if trained is not None:
             check_class_names(trained, self.class_names, self._trainer.ckpt_path if self._trainer else None)
-        state = checkpoint.get("state_dict")
-        if state is not None and "temperature" not in state:
-            state["temperature"] = torch.ones(())
         self._pretrained_loaded = True
 
     def log_data_report(self) -> None:

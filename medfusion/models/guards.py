@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from medfusion.checkpoints import non_finite_tensors
+from medfusion.runs.checkpoints import non_finite_tensors
 
 
 class DivergedError(RuntimeError):

@@ -215,16 +215,6 @@ class MultimodalClassifier(ClassifierModule):
             loss = loss + hp.clip_weight * terms["clip"]
         return logits, loss, terms
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints from before the learned missing-modality stand-ins keep their initial values."""
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict")
-        if state is None:
-            return
-        for key, value in self.state_dict().items():
-            if key.startswith(("missing_image.", "missing_text.")) and key not in state:
-                state[key] = value
-
 
 def fusion_class(factory: FusionFactory) -> type[Fusion]:
     """The Fusion class behind a factory: a class, a ``functools.partial`` of one (possibly nested,

@@ -15,7 +15,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from medfusion.checkpoints import CheckpointError, is_remote, load_safely
+from medfusion.runs.checkpoints import CheckpointError, check_format, is_remote, load_safely
 
 RUN_FILES = ("metrics.csv", "config.yaml", "hparams.yaml", "metrics.json")
 
@@ -23,8 +23,9 @@ RUN_FILES = ("metrics.csv", "config.yaml", "hparams.yaml", "metrics.json")
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO made safe both ways.
 
-    Loading: local files only, ``weights_only=True`` (no code in a file runs), and a :class:`CheckpointError` naming
-    the file for anything unreadable (see :func:`~medfusion.checkpoints.load_safely`). Saving: ``torch.save`` to a
+    Loading: local files only, ``weights_only=True`` (no code in a file runs), of this medfusion checkpoint format,
+    and a :class:`CheckpointError` naming the file for anything unreadable (see
+    :func:`~medfusion.runs.checkpoints.load_safely`). Saving: ``torch.save`` to a
     temporary file in the same directory, ``fsync``, then ``os.replace``, so a process killed while saving leaves the
     previous checkpoint intact, never a truncated one; the temporary files of such killed processes are removed
     the next time a checkpoint is saved in that directory. Remote save paths use Lightning's own writer.
@@ -35,7 +36,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._swept: set[Path] = set()
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_safely(path, map_location=map_location if map_location is not None else "cpu")
+        checkpoint = load_safely(path, map_location=map_location if map_location is not None else "cpu")
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt of a fit")
+        check_format(checkpoint, path)
+        return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if is_remote(path):

@@ -1,13 +1,18 @@
 """The feature cache: frozen encoders' outputs computed once per split and reused by every epoch and run.
 
 With frozen encoders each epoch of each run recomputes the same features, which is most of the cost of a fusion
-study. ``MultimodalDataModule(feature_cache=DIR)`` computes them once into ``DIR/<modality>-<key>/`` (one ``.npy``
-per field, memory-mapped when read) and its loaders then yield batches of features, so training runs the fusion
-and head only. The key hashes everything the features depend on: the encoder (class, settings, architecture and
-weights), the fields the fusion needs (pooled, tokens, levels), the model input (the image transform; the token
-ids, hence the tokenizer, texts and ``max_length``), the data (ids, each image file's path, size and modification
-time) and the device type. Any change gives a new key, so a stale entry is never read; old entries stay on disk
-until you delete the directory.
+study. With ``data.feature_cache: DIR`` (``MultimodalDataModule(feature_cache=DIR)``) and
+``model.freeze_encoders: true``, the model's ``setup`` installs :func:`serve_cached_features` as the datamodule's
+dataset hook (``MultimodalDataModule.use_datasets``): each split's features are computed once into
+``DIR/<modality>-<key>/`` (one ``.npy`` per field, memory-mapped when read) and the loaders then yield batches of
+features, so training runs the fusion and head only. The datamodule only holds the directory and the hook; this
+module, which runs the encoders over the data, is driven from the model. The key hashes everything the features
+depend on: the encoder (class, settings, architecture and weights), the fields the fusion needs (pooled, tokens,
+levels), the model input (the image transform; the token ids, hence the tokenizer, texts and ``max_length``), the
+data (ids, each image file's path, size and modification time) and the device type. Any change gives a new key,
+so a stale entry is never read; old entries stay on disk until you delete the directory.
+
+Outside a Trainer (tests, benchmarks) :func:`cached_features` gives a split's cached features directly.
 """
 
 from __future__ import annotations
@@ -16,20 +21,26 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medfusion.data.dataset import Collate, MultimodalDataset
 from medfusion.data.errors import DataError
 from medfusion.encoders import Encoded, encode_present
+
+if TYPE_CHECKING:
+    from medfusion.data.datamodule import MultimodalDataModule
+    from medfusion.models.base import ClassifierModule
 
 FORMAT_VERSION = 1
 # batch keys each modality's encoder takes, in call order
@@ -251,10 +262,20 @@ def load_or_build(
     return build_store(path, encoder, modality, dataset, **build)
 
 
+def as_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The collate function of :class:`CachedFeatures` loaders: its ``__getitems__`` already returns a batch."""
+    return batch
+
+
 class CachedFeatures(Dataset):
     """A split as batches of cached features: ``id``, ``label``, ``<modality>_present`` and ``features``
     (``{modality: {"pooled", "tokens", "mask", "levels"}}``), read straight from the memory maps a whole batch at
-    a time (``__getitems__``); use it with ``collate_fn=as_batch``."""
+    a time (``__getitems__``); use it with ``collate_fn=as_batch``. It declares how the datamodule's loaders read it
+    (see ``MultimodalDataModule.use_datasets``): with :func:`as_batch` and in the main process (memory maps, read a
+    batch at a time: no workers needed)."""
+
+    collate_fn = staticmethod(as_batch)
+    main_process_only = True
 
     def __init__(self, ids: Sequence[str], labels: Sequence[int], stores: dict[str, FeatureStore]) -> None:
         for modality, store in stores.items():
@@ -277,6 +298,64 @@ class CachedFeatures(Dataset):
         return self.__getitems__([index])
 
 
-def as_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """The collate function of :class:`CachedFeatures` loaders: its ``__getitems__`` already returns a batch."""
-    return batch
+def check_cacheable(model: ClassifierModule) -> None:
+    """Refuse what caching excludes, naming the fix: trained encoders (their features change every step) and
+    test-time augmentation (it needs the images)."""
+    if not model.hparams.get("freeze_encoders"):
+        raise ValueError(
+            "data.feature_cache needs frozen encoders (trained ones change their features every step). "
+            "Fix: set model.freeze_encoders: true, or drop data.feature_cache."
+        )
+    if model.tta:
+        raise ValueError("Test-time augmentation (model.tta) needs the images, which data.feature_cache skips")
+
+
+def cached_features(model: ClassifierModule, datamodule: MultimodalDataModule, name: str) -> CachedFeatures:
+    """The features of ``datamodule.datasets[name]`` (after ``datamodule.setup``) by ``model``'s frozen encoders,
+    from ``datamodule.feature_cache``: computed and stored on first use, with the datamodule's collate, batch size
+    and workers; under DDP (a datamodule attached to a Trainer) rank 0 computes while the others wait. Inside a
+    Trainer the loaders get them through :func:`serve_cached_features`; call this directly without one."""
+    return _cached(model, datamodule, name, datamodule.datasets[name])
+
+
+def serve_cached_features(
+    model: ClassifierModule, datamodule: MultimodalDataModule
+) -> Callable[[str, Dataset], CachedFeatures]:
+    """The dataset hook for ``datamodule.use_datasets``: serves each split as its :func:`cached_features` by
+    ``model`` (refusing, like :func:`check_cacheable`, a model whose features cannot be cached)."""
+    check_cacheable(model)
+
+    def serve(name: str, dataset: Dataset) -> CachedFeatures:
+        return _cached(model, datamodule, name, dataset)
+
+    return serve
+
+
+def _cached(
+    model: ClassifierModule, datamodule: MultimodalDataModule, name: str, dataset: MultimodalDataset
+) -> CachedFeatures:
+    check_cacheable(model)
+    if datamodule.feature_cache is None:
+        raise ValueError("The datamodule has no feature cache. Fix: set data.feature_cache to a directory.")
+    strategy = datamodule.trainer.strategy if datamodule.trainer is not None else None
+    stores = {}
+    for modality, encoder in model.feature_encoders().items():
+        if strategy is not None and not strategy.is_global_zero:
+            strategy.barrier("feature_cache")  # rank 0 writes the entry first
+        start = time.perf_counter()
+        stores[modality] = store = load_or_build(
+            datamodule.feature_cache,
+            encoder,
+            modality,
+            dataset,
+            collate=datamodule.collate,
+            fields=model.feature_fields(),
+            device=model.device,
+            batch_size=datamodule.batch_size,
+            num_workers=datamodule.num_workers,
+        )
+        if strategy is not None and strategy.is_global_zero:
+            strategy.barrier("feature_cache")
+        done = f"computed in {time.perf_counter() - start:.1f} s" if store.computed else "reused"
+        rank_zero_info(f"Feature cache: {name} {modality} features of {len(dataset)} samples {done}: {store.path}")
+    return CachedFeatures(dataset.ids, dataset.labels, stores)

@@ -81,11 +81,29 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
         ) from None
 
 
+# The layout of what medfusion writes into a checkpoint (state_dict keys, the "medfusion" entry). Raise it with
+# every change that an older checkpoint would not load into; there are no converters between formats.
+CHECKPOINT_FORMAT = 2
+
+
+def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint of another medfusion checkpoint format, naming both versions."""
+    found = (checkpoint.get("medfusion") or {}).get("format", 1)
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} was written in medfusion checkpoint format {found}; this medfusion reads format "
+            f"{CHECKPOINT_FORMAT} (its fusions, heads and stored data settings are laid out differently). Fix: "
+            "retrain with this version, or use the medfusion version that wrote the checkpoint."
+        )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict of a Lightning ``.ckpt`` file, loaded on CPU with ``weights_only=True``."""
+    """The checkpoint dict of a medfusion ``.ckpt`` file, loaded on CPU with ``weights_only=True``, of this
+    checkpoint format."""
     checkpoint = load_safely(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by a fit")
+    check_format(checkpoint, path)
     return checkpoint
 
 
