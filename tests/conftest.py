@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 # The reference data lives next to the repository (../shared/data), never inside it.
@@ -22,6 +23,16 @@ class HamLayout:
     csv_path: Path  # the chosen rows of the real CSV, byte for byte, under the real header
     image_dir: Path  # part_1/ and part_2/, one <image_id>.jpg per row
     table: pd.DataFrame  # those rows (ids, dx, lesion_id as strings; age float with NaN)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they gain nothing from more, and idle threads spinning on a busy 2-core CI box cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

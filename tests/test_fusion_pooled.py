@@ -41,13 +41,7 @@ MASKS = {
 SMALL = {"bilinear": {"rank": 16}, "tensor": {"proj_dim": 4}}  # keep the low-rank and tensor sizes test-sized
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny tensors gain nothing from intra-op threads, and idle threads spinning on a busy CI box cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, seed: int = 0, dims: dict[str, int] | None = None, **hparams: Any) -> Fusion:

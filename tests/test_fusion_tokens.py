@@ -25,13 +25,7 @@ TOKEN_CASES = [
 CASES = [*TOKEN_CASES, ("hierarchical", {})]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny tensors gain nothing from intra-op threads, and idle threads spinning on a busy CI box cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(name: str, seed: int = 0, **hparams: Any) -> Fusion:

@@ -117,9 +117,8 @@ def test_a_missing_image_is_printed_as_itself_with_exit_status_2(tmp_path: Path)
 def test_debug_shows_the_traceback_instead(tmp_path: Path) -> None:
     layout = write_layout(tmp_path)
     layout.json_path.write_text("{not json")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(DataError, match=r"Malformed JSON in .*samples\.json at line 1"):
         console(["--debug", *fit_args(layout, tmp_path / "runs")])
-    assert not isinstance(info.value, SystemExit)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +136,7 @@ def test_bad_option_values_are_refused_before_any_run_directory(tmp_path: Path, 
         console(fit_args(layout, tmp_path / "runs", f"{option}={value}"))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"{name}={value!r}".replace("'", "")) or name in err, err
+    assert err.startswith(f"{name}=") and " is invalid: it must be " in err and f"Fix: set --{name}" in err, err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 

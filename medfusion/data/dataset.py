@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from medfusion.data.errors import DataError, raise_for_rows, row_line
-from medfusion.data.images import DECODE_ERRORS, load_rgb
+from medfusion.data.images import DECODE_ERRORS, ImageTooLarge, load_rgb
 
 BadImagePolicy = Literal["raise", "skip"]
 # "mark" (prediction sets under "skip"): keep the sample, with a blank image and its ``error``, so that its row in
@@ -125,8 +125,8 @@ class MultimodalDataset(Dataset):
                 raise _UnreadableImageError(f"Unreadable image {path}{where}: {err}") from err
             fix = "replace the file, or set data.on_bad_image: skip to replace such samples by the next readable one."
             detail = f"{path}: {err}"
-            if isinstance(err, DataError) and " Fix: " in str(err):  # load_rgb's own (an image over PIL's limit)
-                detail, fix = str(err).split(" Fix: ", 1)
+            if isinstance(err, ImageTooLarge):
+                detail, fix = f"Image too large to decode safely: {err.detail}", err.fix
             if known:
                 raise_for_rows("Unreadable image file", self.csv_path, [self.rows[index]], [detail], fix)
             raise DataError(f"Unreadable image (id {self.ids[index]!r}): {detail}. Fix: {fix}") from err

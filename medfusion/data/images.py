@@ -126,6 +126,15 @@ class ImageIndex:
         return paths
 
 
+class ImageTooLarge(DataError):
+    """An image over PIL's pixel limit (a possible decompression bomb); ``detail`` and ``fix`` are the parts of the
+    message, for callers that name the CSV line themselves."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Image too large to decode safely: {detail}. Fix: {_TOO_LARGE_FIX}")
+        self.detail, self.fix = detail, _TOO_LARGE_FIX
+
+
 def _too_large(path: str | Path, err: Image.DecompressionBombError) -> str:
     """What to say about an image PIL refuses to open as a possible decompression bomb."""
     return (
@@ -139,7 +148,7 @@ def load_rgb(path: str | Path) -> Image.Image:
 
     PIL's own ``convert`` clips 16-bit and 32-bit grayscale (X-ray, MRI exports) at 255, which turns
     most of such an image white; those are rescaled to 0..255 instead (see :func:`to_8bit`).
-    An image over PIL's size limit raises a :class:`DataError` (a ValueError, so a decode error to the dataset).
+    An image over PIL's size limit raises :class:`ImageTooLarge` (a ValueError, so a decode error to the dataset).
     """
     try:
         with Image.open(path) as image:
@@ -147,7 +156,7 @@ def load_rgb(path: str | Path) -> Image.Image:
                 return to_8bit(image, significant_bits(image)).convert("RGB")
             return image.convert("RGB")
     except Image.DecompressionBombError as err:
-        raise DataError(f"Image too large to decode safely: {_too_large(path, err)}. Fix: {_TOO_LARGE_FIX}") from None
+        raise ImageTooLarge(_too_large(path, err)) from None
 
 
 def to_8bit(image: Image.Image, bits: int | None = None) -> Image.Image:

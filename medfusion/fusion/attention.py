@@ -56,18 +56,6 @@ def select_names(option: str, chosen: Sequence[str], names: Sequence[str], *, al
     return [name for name in names if name in chosen]
 
 
-def check_module_names(names: Sequence[str]) -> None:
-    """Input names key ``nn.ModuleDict``/``nn.ParameterDict`` entries (so state-dict keys read ``proj.image.weight``);
-    reject those the containers forbid: empty, containing '.', or an attribute of the container (``keys``, ...)."""
-    containers = (nn.ModuleDict(), nn.ParameterDict())
-    for name in names:
-        if not name or "." in name or any(hasattr(container, name) for container in containers):
-            raise ValueError(
-                f"input name {name!r} cannot name a module of a token fusion (empty, contains '.', or is an attribute "
-                "of nn.ModuleDict/nn.ParameterDict); rename the input, e.g. with '_' instead of '.'"
-            )
-
-
 class CrossAttentionBlock(nn.Module):
     """Pre-norm residual cross-attention + feed-forward (ViLBERT, Lu et al. 2019; MulT, Tsai et al. 2019).
 
@@ -149,7 +137,6 @@ class TokenFusion(Fusion):
         store_attention: bool = False,
     ) -> None:
         super().__init__(dims, out_dim, image_dim=image_dim, text_dim=text_dim)
-        check_module_names(self.names)
         for name, size in self.dims.items():
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
                 raise ValueError(f"{name}: a token fusion takes one token size (positive int) per input, got {size!r}")

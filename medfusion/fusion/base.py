@@ -43,15 +43,24 @@ def named_dims(dims: Mapping[str, Any] | None, image_dim: Any = None, text_dim: 
     if not isinstance(dims, Mapping):
         raise TypeError(f"dims must map input names to sizes, e.g. {{'image': 512, 'text': 768}}; got {dims!r}")
     dims = {str(name): list(dim) if isinstance(dim, Sequence) else dim for name, dim in dims.items()}
-    for name in dims:  # names key nn.ModuleDicts
-        if not name or "." in name or hasattr(nn.ModuleDict(), name):
+    containers = (nn.ModuleDict(), nn.ParameterDict())  # names key these in the fusions
+    for name in dims:
+        if not name or "." in name or any(hasattr(container, name) for container in containers):
             raise ValueError(
-                f"input name {name!r} cannot name a module (empty, contains '.', or an nn.Module attribute); "
-                "rename the modality"
+                f"input name {name!r} cannot name a module (empty, contains '.', or an attribute of "
+                "nn.ModuleDict/nn.ParameterDict); rename the input, e.g. with '_' instead of '.'"
             )
     if len(dims) < 2:
         raise ValueError(f"a fusion needs two or more inputs, got dims={dims}")
     return dims
+
+
+def fill_absent(x: torch.Tensor, present: torch.Tensor | None, value: float = 0.0) -> torch.Tensor:
+    """``x`` ``[B, ...]`` with the rows of absent samples (``present`` False) set to ``value``; ``x`` itself when
+    ``present`` is None. ``masked_fill``, not a product, so that NaN in an absent row cannot leak."""
+    if present is None:
+        return x
+    return x.masked_fill(~present.view(-1, *([1] * (x.ndim - 1))), value)
 
 
 class Fusion(nn.Module):

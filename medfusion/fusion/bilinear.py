@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medfusion.fusion.base import FUSIONS, Fusion
+from medfusion.fusion.base import FUSIONS, Fusion, fill_absent
 from medfusion.fusion.checks import Inputs, Masks
 
 
@@ -58,11 +58,8 @@ class BilinearFusion(Fusion):
     def factor(self, name: str, x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
         """``U_iᵀ LN(x_i)`` ``[B, rank·k]`` in at least float32 (a product of N half-precision factors overflows),
         ones where the input is absent."""
-        if present is not None:
-            x = x.masked_fill(~present[:, None], 0)
-        f = self.factors[name](self.norms[name](x))
-        f = f.to(torch.promote_types(f.dtype, torch.float32))
-        return f if present is None else f.masked_fill(~present[:, None], 1)
+        f = self.factors[name](self.norms[name](fill_absent(x, present)))
+        return fill_absent(f.to(torch.promote_types(f.dtype, torch.float32)), present, 1.0)
 
     def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:
         factors = [self.factor(name, inputs[name], masks[name]) for name in self.names]
@@ -117,11 +114,7 @@ class TensorFusion(Fusion):
 
     def extended(self, name: str, x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
         """``[x_i'; 1]`` ``[B, proj_dim + 1]``, with ``x_i' = 0`` where the input is absent."""
-        if present is not None:
-            x = x.masked_fill(~present[:, None], 0)
-        p = self.proj[name](x)
-        if present is not None:
-            p = p.masked_fill(~present[:, None], 0)
+        p = fill_absent(self.proj[name](fill_absent(x, present)), present)
         return torch.cat([p, p.new_ones(p.shape[0], 1)], dim=-1)
 
     def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:

@@ -73,8 +73,3 @@ def check_levels(name: str, levels: Sequence[torch.Tensor], dims: Sequence[int])
         check_last_dim(f"{name} level {level}", x, dim, 2)
         if x.shape[0] != levels[0].shape[0]:
             raise ValueError(f"{name} level {level} has {x.shape[0]} samples, level 0 has {levels[0].shape[0]}")
-
-
-def present_or_all(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """A presence mask ``[B]`` (all True when None) on ``x``'s device."""
-    return torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if mask is None else mask

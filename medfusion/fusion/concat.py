@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from medfusion.fusion.base import FUSIONS, Fusion
+from medfusion.fusion.base import FUSIONS, Fusion, fill_absent
 from medfusion.fusion.checks import Inputs, Masks
 
 
@@ -35,8 +35,5 @@ class ConcatFusion(Fusion):
 
     def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:
         """``[B, Σ D_i]`` -> ``[B, out_dim]``; ``masked_fill``, not a product, so NaN in an absent row stays out."""
-        blocks = [
-            inputs[name] if masks[name] is None else inputs[name].masked_fill(~masks[name][:, None], 0)
-            for name in self.names
-        ]
+        blocks = [fill_absent(inputs[name], masks[name]) for name in self.names]
         return self.dropout(self.act(self.proj(torch.cat(blocks, dim=-1))))

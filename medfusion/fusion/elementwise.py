@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from medfusion.fusion.base import FUSIONS, Fusion
+from medfusion.fusion.base import FUSIONS, Fusion, fill_absent
 from medfusion.fusion.checks import Inputs, Masks
 
 
@@ -46,14 +46,11 @@ class ElementwiseFusion(Fusion):
         raise NotImplementedError
 
     def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:
-        projected = []
-        for name in self.names:
-            x, present = inputs[name], masks[name]
-            if present is None:
-                projected.append(self.proj[name](x))
-            else:  # zero absent rows first: NaN there must not reach the weight gradients
-                p = self.proj[name](x.masked_fill(~present[:, None], 0))
-                projected.append(p.masked_fill(~present[:, None], self.neutral))
+        # absent rows zeroed first (NaN there must not reach the weight gradients), then made neutral
+        projected = [
+            fill_absent(self.proj[name](fill_absent(inputs[name], masks[name])), masks[name], self.neutral)
+            for name in self.names
+        ]
         return self.dropout(self.combine(torch.stack(projected, dim=1)))
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from medfusion.fusion.base import FUSIONS, Fusion
+from medfusion.fusion.base import FUSIONS, Fusion, fill_absent
 from medfusion.fusion.checks import Inputs, Masks
 
 
@@ -39,7 +39,7 @@ class GatedUnit(nn.Module):
         if len(xs) != len(self.proj) or (present is not None and len(present) != len(xs)):
             raise ValueError(f"GatedUnit was built for {len(self.proj)} inputs, got {len(xs)} (and masks for them)")
         masks = list(present) if present is not None else [None] * len(xs)
-        xs = [x if m is None else x.masked_fill(~m[:, None], 0) for x, m in zip(xs, masks, strict=True)]
+        xs = [fill_absent(x, m) for x, m in zip(xs, masks, strict=True)]
         logits = self.gate(torch.cat(xs, dim=-1)).unflatten(-1, (len(xs), self.out_dim))  # [B, N, D]
         if any(m is not None for m in masks):
             alive = [

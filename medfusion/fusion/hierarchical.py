@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import nn
 
-from medfusion.fusion.base import FUSIONS, Fusion, InputKind
+from medfusion.fusion.base import FUSIONS, Fusion, InputKind, fill_absent
 from medfusion.fusion.checks import Inputs, Masks
 from medfusion.fusion.gated import GatedUnit
 
@@ -78,7 +78,7 @@ class HierarchicalFusion(Fusion):
             xs = []
             for norm, name, mask in zip(norms, self.names, present, strict=True):
                 x = inputs[name][level]
-                xs.append(norm(x if mask is None else x.masked_fill(~mask[:, None], 0.0)))
+                xs.append(norm(fill_absent(x, mask)))
             h, z = unit(xs, present)
             fused.append(h)
             gates.append(z)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from medfusion.fusion.base import FUSIONS, Fusion
+from medfusion.fusion.base import FUSIONS, Fusion, fill_absent
 from medfusion.fusion.checks import Inputs, Masks
 
 
@@ -52,12 +52,7 @@ class LowRankTensorFusion(Fusion):
     def factor(self, name: str, x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
         """``W_i^(k) [LN(x_i); 1]`` for every k, ``[B, rank·out_dim]`` in at least float32 (a product of N
         half-precision factors overflows), with ``LN(x_i) = 0`` where the input is absent."""
-        if present is not None:
-            x = x.masked_fill(~present[:, None], 0)
-        x = self.norms[name](x)
-        if present is not None:
-            x = x.masked_fill(~present[:, None], 0)
-        f = self.factors[name](x)
+        f = self.factors[name](fill_absent(self.norms[name](fill_absent(x, present)), present))
         return f.to(torch.promote_types(f.dtype, torch.float32))
 
     def fuse(self, inputs: Inputs, masks: Masks) -> torch.Tensor:

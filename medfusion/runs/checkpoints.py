@@ -97,10 +97,10 @@ def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:
         )
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict of a medfusion ``.ckpt`` file, loaded on CPU with ``weights_only=True``, of this
-    checkpoint format."""
-    checkpoint = load_safely(path)
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint dict of a medfusion ``.ckpt`` file, loaded with ``weights_only=True`` (on CPU by default),
+    of this checkpoint format."""
+    checkpoint = load_safely(path, map_location)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by a fit")
     check_format(checkpoint, path)

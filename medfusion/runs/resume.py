@@ -15,7 +15,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from medfusion.runs.checkpoints import CheckpointError, check_format, is_remote, load_safely
+from medfusion.runs.checkpoints import CheckpointError, is_remote, read_checkpoint
 
 RUN_FILES = ("metrics.csv", "config.yaml", "hparams.yaml", "metrics.json")
 
@@ -36,11 +36,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._swept: set[Path] = set()
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        checkpoint = load_safely(path, map_location=map_location if map_location is not None else "cpu")
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt of a fit")
-        check_format(checkpoint, path)
-        return checkpoint
+        return read_checkpoint(path, map_location if map_location is not None else "cpu")
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if is_remote(path):
