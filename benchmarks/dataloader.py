@@ -27,6 +27,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from overhead import build_model  # the same demo model (benchmarks/ is on the path when a script runs)
 
 from medfusion.data import DemoDataModule
@@ -62,7 +63,7 @@ class Trainee:
     def step_seconds(self, batch: Batch) -> float:
         """Wall time of one step on a loaded batch, its copy to the device included."""
         start = time.perf_counter()
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = move_data_to_device(batch, self.device)
         _, loss, _ = self.model.training_objective(batch)
         loss.backward()
         self.optimizer.step()

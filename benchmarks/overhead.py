@@ -46,6 +46,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Dataset
 
 from medfusion.data import DemoDataModule
@@ -90,7 +91,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return move_data_to_device(batch, device)
 
 
 class HeadOnly(MultimodalClassifier):

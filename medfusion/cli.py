@@ -137,6 +137,8 @@ class MedfusionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attribute in ("num_classes", "class_names", "class_counts", "vocab_size"):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
+        # the modality names, kinds and sizes: the model builds one encoder per name
+        parser.link_arguments("data.modality_specs", "model.init_args.modalities", apply_on="instantiate")
         parser.add_lightning_class_args(MetricsJSON, "metrics_json")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(Evaluation, "evaluation")
@@ -203,6 +205,9 @@ def demo_data_main(argv: Sequence[str]) -> None:
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--long_tail", action="store_true", help="HAM10000-like class proportions")
+    parser.add_argument(
+        "--views", type=int, choices=(1, 2), default=1, help="images per case (2: dermoscopic, clinical)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty OUT_DIR")
     args = parser.parse_args(argv)
     check_option("num_samples", args.num_samples, args.num_samples >= 1, "at least 1")
@@ -216,15 +221,24 @@ def demo_data_main(argv: Sequence[str]) -> None:
             "Fix: name a new or empty folder, or add --overwrite."
         )
     out = make_demo_data(
-        args.out_dir, num_samples=args.num_samples, image_size=args.image_size, seed=args.seed, long_tail=args.long_tail
+        args.out_dir,
+        num_samples=args.num_samples,
+        image_size=args.image_size,
+        seed=args.seed,
+        long_tail=args.long_tail,
+        views=args.views,
     )
     print(f"Wrote {args.num_samples} samples to {out} (metadata.csv, reports.json, images/)")
 
 
 def explain_main(argv: Sequence[str]) -> None:
     """medfusion explain --config CFG --ckpt_path CKPT [--ids ID ...]: write one PNG per sample with the Grad-CAM
-    overlay, the text tokens' attention maps, gate values, MoE routing and class probabilities."""
+    overlay of every image, the attention maps, modality weights, MoE routing and class probabilities; with a
+    tabular modality also permutation_importance.png/.csv, the tabular features' importance on the test set."""
+    from torch.utils.data import DataLoader
+
     from medfusion.interpret import explain_batch, save_explanations
+    from medfusion.interpret.permutation import permutation_importance, save_permutation_importance
     from medfusion.runs.checkpoints import load_weights
 
     parser = argparse.ArgumentParser(
@@ -236,7 +250,11 @@ def explain_main(argv: Sequence[str]) -> None:
     parser.add_argument("--ids", nargs="+", help="sample ids (any split); default: --num_samples test samples")
     parser.add_argument("--num_samples", type=int, default=8, help="without --ids: how many test samples")
     parser.add_argument("--out_dir", help="default: explanations/ next to the checkpoints/ directory")
+    parser.add_argument(
+        "--permutation_repeats", type=int, default=5, help="tabular permutation importance: shuffles per feature"
+    )
     args, rest = parser.parse_known_args(argv)
+    check_option("permutation_repeats", args.permutation_repeats, args.permutation_repeats >= 1, "at least 1")
     cli = MedfusionCLI(
         ClassifierModule,
         MultimodalDataModule,
@@ -260,6 +278,16 @@ def explain_main(argv: Sequence[str]) -> None:
         predicted = model.class_names[int(explanation.probs.argmax())]
         true = "?" if explanation.label is None or explanation.label < 0 else model.class_names[explanation.label]
         print(f"{explanation.id}: true {true}, predicted {predicted} -> {path}")
+    test_set = datamodule.datasets.get("test")
+    if any(spec["kind"] == "tabular" for spec in model.modality_specs.values()) and test_set is not None:
+        loader = DataLoader(test_set, batch_size=datamodule.batch_size, collate_fn=datamodule.collate)
+        result = permutation_importance(model, loader, repeats=args.permutation_repeats, progress=True)
+        png, _ = save_permutation_importance(result, out_dir)
+        top, (drop, _) = next(iter(result.as_dict().items()))
+        print(
+            f"Permutation importance of {len(result.features)} tabular features on {len(test_set)} test samples "
+            f"({result.metric} {result.baseline:.3f}; largest drop: {top} {drop:+.3f}) -> {png}"
+        )
 
 
 def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, num_samples: int) -> list[dict]:

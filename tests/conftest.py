@@ -75,3 +75,63 @@ def ham_layout(ham_metadata_csv: Path, tmp_path_factory: pytest.TempPathFactory)
     csv_path.write_text("".join(kept), encoding="utf-8")
     table = pd.read_csv(csv_path, dtype={"lesion_id": str, "image_id": str, "dx": str})
     return HamLayout(csv_path=csv_path, image_dir=image_dir, table=table)
+
+
+def demo_run_overrides(
+    root: Path,
+    *,
+    num_samples: int = 100,
+    batch_size: int = 16,
+    image_size: int = 32,
+    data_dir: Path | None = None,
+    runs_dir: Path | None = None,
+    set_runs_dir: bool = True,
+    **options: object,
+) -> list[str]:
+    """The one tiny-run setup of the tests that train through the CLI on a demo config: ``num_samples`` demo
+    cases at ``image_size`` px under ``data_dir`` (default ``root/data``), the tiny ``test_resnet`` CNN, no
+    workers or progress bar, runs under ``runs_dir`` (default ``root/runs``; ``set_runs_dir=False``: where the
+    config says, e.g. ``compare``'s cell directories); ``options`` add ``--<key>=<value>`` overrides
+    (``trainer__max_epochs=2`` for ``--trainer.max_epochs=2``)."""
+    args = [
+        f"--data.root={data_dir or root / 'data'}",
+        f"--data.num_samples={num_samples}",
+        f"--data.demo_image_size={image_size}",
+        f"--data.image_size={image_size}",
+        f"--data.batch_size={batch_size}",
+        "--data.num_workers=0",
+        "--model.image_encoder.model_name=test_resnet",
+        *([f"--trainer.logger.init_args.save_dir={runs_dir or root / 'runs'}"] if set_runs_dir else []),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    return args + [f"--{key.replace('__', '.')}={value}" for key, value in options.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run():
+    """:func:`demo_run_overrides`, the shared tiny-run setup (CLI overrides for the demo configs)."""
+    return demo_run_overrides
+
+
+def quiet_trainer(**options: object):
+    """A Lightning Trainer for tests: CPU, no logger, checkpoints, progress bar or model summary, one epoch;
+    ``options`` override or add Trainer arguments."""
+    import lightning as L
+
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**settings, **options})
+
+
+@pytest.fixture(scope="session")
+def trainer_factory():
+    """:func:`quiet_trainer`, the shared quiet Trainer of the tests that fit in Python."""
+    return quiet_trainer

@@ -11,8 +11,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from data_helpers import build, data_error, write_layout
 from lightning.pytorch.loggers import Logger
-from test_data import build, data_error, write_layout
 from test_models import SMALL_IMAGE, SMALL_TEXT
 
 from medfusion.data import DataError, MultimodalDataModule
@@ -60,7 +60,7 @@ def line_of(dm: MultimodalDataModule, sample_id: str) -> int:
 def test_an_image_corrupted_after_setup_raises_naming_file_and_line(tmp_path: Path) -> None:
     dm = image_module(tmp_path)
     train = dm.datasets["train"]
-    bad = train.image_paths[1]
+    bad = train.images["image"][1]
     corrupt(bad)
     with pytest.raises(DataError) as info:
         list(dm.train_dataloader())
@@ -72,7 +72,7 @@ def test_an_image_corrupted_after_setup_raises_naming_file_and_line(tmp_path: Pa
 def test_skip_replaces_by_the_next_readable_sample_and_warns_once(tmp_path: Path) -> None:
     dm = image_module(tmp_path, on_bad_image="skip")
     train = dm.datasets["train"]
-    corrupt(train.image_paths[2])
+    corrupt(train.images["image"][2])
     expected = rf"Unreadable image .*{train.ids[2]}\.png \(.*samples\.csv line {line_of(dm, train.ids[2])}\)"
     with pytest.warns(UserWarning, match=expected):
         sample = train[2]
@@ -82,7 +82,7 @@ def test_skip_replaces_by_the_next_readable_sample_and_warns_once(tmp_path: Path
         warnings.simplefilter("error")  # known bad: no second warning
         assert train[2]["id"] == train.ids[3]
     # The last sample wraps around to the first.
-    corrupt(train.image_paths[-1])
+    corrupt(train.images["image"][-1])
     with pytest.warns(UserWarning):
         assert train[len(train) - 1]["id"] == train.ids[0]
 
@@ -92,7 +92,7 @@ def test_skip_counts_travel_through_dataloader_workers(tmp_path: Path) -> None:
     train = dm.datasets["train"]
     bad = {train.ids[0], train.ids[5]}
     for i in (0, 5):
-        corrupt(train.image_paths[i])
+        corrupt(train.images["image"][i])
     dm.batch_size = len(train)  # one batch: nothing dropped by drop_last
     for _ in range(2):  # two epochs, the same count
         batches = list(dm.train_dataloader())
@@ -104,7 +104,7 @@ def test_skip_counts_travel_through_dataloader_workers(tmp_path: Path) -> None:
 def test_every_image_unreadable_raises_instead_of_looping(tmp_path: Path) -> None:
     dm = image_module(tmp_path, on_bad_image="skip")
     val = dm.datasets["val"]
-    for path in val.image_paths:
+    for path in val.images["image"]:
         corrupt(path)
     with pytest.warns(UserWarning), pytest.raises(DataError, match=r"None of the \d+ samples of .*samples\.csv"):
         val[0]
@@ -113,10 +113,12 @@ def test_every_image_unreadable_raises_instead_of_looping(tmp_path: Path) -> Non
 def test_skipped_images_are_logged_as_epoch_sums(tmp_path: Path) -> None:
     dm = image_module(tmp_path, on_bad_image="skip")
     train, val = dm.datasets["train"], dm.datasets["val"]
-    for path in (train.image_paths[0], train.image_paths[4], val.image_paths[1]):
+    for path in (train.images["image"][0], train.images["image"][4], val.images["image"][1]):
         corrupt(path)
     dm.batch_size = len(train)
-    model = ImageClassifier(num_classes=2, image_encoder=SMALL_IMAGE, scheduler="constant")
+    model = ImageClassifier(
+        num_classes=2, modalities=dm.modality_specs, image_encoder=SMALL_IMAGE, scheduler="constant"
+    )
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -168,7 +170,7 @@ def test_the_data_report_is_logged_at_fit_and_test_start(tmp_path: Path) -> None
         limit_train_batches=1,
         limit_val_batches=1,
     )
-    model = TextClassifier(num_classes=2, text_encoder=SMALL_TEXT, vocab_size=dm.vocab_size)
+    model = TextClassifier(num_classes=2, modalities=dm.modality_specs, text_encoder=SMALL_TEXT)
     with pytest.warns(UserWarning, match="truncated"):
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from medfusion.cli import find_samples, main
+from medfusion.data.state import find_data_state
 from medfusion.models import DivergedError
-from medfusion.runs.checkpoints import CheckpointError
+from medfusion.runs.checkpoints import CHECKPOINT_FORMAT, CheckpointError, tokenizer_from_state
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 pytestmark = pytest.mark.slow
@@ -231,10 +232,17 @@ def test_demo_data_command(tmp_path) -> None:
 
 def test_checkpoint_carries_class_names_and_tokenizer_and_loads_weights_only(fitted) -> None:
     _, _, run = fitted
-    checkpoint = torch.load(next((run / "checkpoints").glob("best-*.ckpt")), weights_only=True)
-    carried = checkpoint["medfusion"]
-    assert carried["class_names"] == ["akiec", "bcc", "bkl", "df", "mel", "nv"]
-    assert '"WordPiece"' in carried["tokenizer"]["json"] and carried["tokenizer"]["special_tokens"]["pad_token"]
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    checkpoint = torch.load(best, weights_only=True)
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv"]
+    carried = checkpoint["medfusion"]  # the model's: its classes and modalities, no tokenizer
+    assert carried["format"] == CHECKPOINT_FORMAT and carried["class_names"] == classes
+    assert "tokenizer" not in carried
+    data = find_data_state(checkpoint, best)  # the datamodule's: what test/predict need instead of training data
+    assert data["class_names"] == classes and data["modalities"] == {"image": "image", "text": "text"}
+    tokenizer = data["tokenizer"]
+    assert '"WordPiece"' in tokenizer["json"] and tokenizer["special_tokens"]["pad_token"]
+    assert tokenizer_from_state(tokenizer).pad_token_id is not None
 
 
 def test_predict_needs_no_training_data(fitted) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import demo_run_overrides
 
 import medfusion.compare as compare
 from medfusion.cli import main
@@ -20,18 +21,8 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 
 def tiny_overrides(root: Path) -> list[str]:
     """The demo comparison at test scale: 60 samples at 32 px, a tiny CNN, 2 epochs, a private feature cache."""
-    return [
-        f"--data.root={root / 'data'}",
-        "--data.num_samples=60",
-        "--data.demo_image_size=32",
-        "--data.image_size=32",
-        "--data.batch_size=16",
-        "--data.num_workers=0",
-        f"--data.feature_cache={root / 'features'}",
-        "--model.image_encoder.model_name=test_resnet",
-        "--trainer.max_epochs=2",
-        "--evaluation.embedding_map=false",
-    ]
+    options = {"data__feature_cache": root / "features", "trainer__max_epochs": 2, "evaluation__embedding_map": "false"}
+    return demo_run_overrides(root, num_samples=60, set_runs_dir=False, **options)
 
 
 BASE = [str(CONFIGS / "demo.yaml"), str(CONFIGS / "compare" / "frozen_encoders.yaml")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_compare import tiny_overrides
+from conftest import demo_run_overrides
 
 from medfusion.cli import MedfusionCLI, describe_run, main
 from medfusion.compare import run_grid
@@ -58,9 +58,9 @@ def toy_fusion(tmp_path: Path, monkeypatch):
 
 
 def test_a_new_fusion_is_one_file_and_one_fragment(tmp_path: Path, toy_fusion: Path) -> None:
-    overrides = [o for o in tiny_overrides(tmp_path) if "feature_cache" not in o]
+    overrides = demo_run_overrides(tmp_path, num_samples=60, set_runs_dir=False, evaluation__embedding_map="false")
     args = ["--config", str(CONFIGS / "demo.yaml"), "--config", str(toy_fusion), *overrides]
-    args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
 
     # fit, and the W&B run name
     main(["fit", *args, "--trainer.max_epochs=1"])

@@ -48,7 +48,7 @@ def model(dm: DemoDataModule, fusion=ConcatFusion, seed: int = 0, **kwargs) -> M
         "freeze_encoders": True,
         **kwargs,
     }
-    data = {"class_names": dm.class_names, "class_counts": dm.class_counts, "vocab_size": dm.vocab_size}
+    data = {"modalities": dm.modality_specs, "class_names": dm.class_names, "class_counts": dm.class_counts}
     return MultimodalClassifier(fusion=fusion, num_classes=dm.num_classes, **data, **options)
 
 
@@ -67,9 +67,9 @@ def test_cached_features_are_bit_identical_to_a_fresh_encoder_pass(kind: str, de
             from_cache = cached.__getitems__(list(range(start, start + size)))
             assert from_cache["id"] == batch["id"]
             assert torch.equal(from_cache["label"], batch["label"])
-            text = [batch["input_ids"], batch["attention_mask"]]
-            for modality, inputs in (("image", [batch["image"]]), ("text", text)):
-                fresh = encode_present(net.feature_encoders()[modality], inputs, batch[f"{modality}_present"], **fields)
+            for modality in ("image", "text"):
+                encoder = net.feature_encoders()[modality]
+                fresh = encode_present(encoder, batch[modality], batch["present"][modality], **fields)
                 stored = from_cache["features"][modality]
                 assert torch.equal(stored["pooled"], fresh.pooled)
                 if kind == "tokens":
@@ -112,7 +112,7 @@ def test_changing_the_encoder_or_the_data_invalidates_the_cache(demo_root: Path,
     }
 
     # an image file rewritten with other pixels
-    image = Path(dm.datasets["val"].image_paths[0])
+    image = Path(dm.datasets["val"].images["image"][0])
     stat = image.stat()
     Image.new("RGB", (32, 32), (0, 255, 0)).save(image)
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
@@ -153,8 +153,8 @@ def test_a_fit_on_cached_features_equals_a_fit_on_the_inputs(demo_root: Path, tm
     )
     plain, plain_metrics = fit(plain_dm, modality_dropout=0.2)
     untrained = model(plain_dm)
-    for name, value in untrained.image_encoder.state_dict().items():  # frozen: BatchNorm statistics too
-        assert torch.equal(plain.image_encoder.state_dict()[name], value), name
+    for name, value in untrained.encoders["image"].state_dict().items():  # frozen: BatchNorm statistics too
+        assert torch.equal(plain.encoders["image"].state_dict()[name], value), name
     cached, cached_metrics = fit(datamodule(demo_root, tmp_path), modality_dropout=0.2)
     assert entries(tmp_path) and plain_metrics.keys() == cached_metrics.keys()
     for name, value in plain_metrics.items():

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from data_helpers import build, data_error, sample_rows, write_layout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_data import build, data_error, sample_rows, write_layout
 
 from medfusion.data import DataError, MultimodalDataModule
 from medfusion.data.table import Records, read_records

@@ -13,6 +13,8 @@ from medfusion.encoders import ImageEncoder, TextEncoder
 from medfusion.fusion import GatedFusion
 from medfusion.models import MultimodalClassifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only spin on a busy box
+
 
 def make(**options) -> MultimodalClassifier:
     torch.manual_seed(0)
@@ -31,8 +33,10 @@ def batch() -> dict:
     generator = torch.Generator().manual_seed(0)
     return {
         "image": torch.randn(4, 3, 32, 32, generator=generator),
-        "input_ids": torch.randint(5, 50, (4, 7), generator=generator),
-        "attention_mask": torch.ones(4, 7, dtype=torch.long),
+        "text": {
+            "input_ids": torch.randint(5, 50, (4, 7), generator=generator),
+            "attention_mask": torch.ones(4, 7, dtype=torch.long),
+        },
         "label": torch.tensor([0, 1, 2, 0]),
     }
 
@@ -40,10 +44,10 @@ def batch() -> dict:
 def test_channels_last_changes_the_layout_not_the_outputs() -> None:
     plain, fast = make(), make(channels_last=True)
     fast.configure_model()
-    conv = next(m for m in fast.image_encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(m for m in fast.encoders["image"].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     seen = []
-    first = fast.image_encoder.model.conv1
+    first = fast.encoders["image"].model.conv1
     first.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
     with torch.no_grad():
         assert torch.allclose(plain(batch()), fast(batch()), atol=1e-5)
@@ -55,7 +59,7 @@ def test_compile_keeps_checkpoint_keys_and_outputs(monkeypatch) -> None:
     monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="eager"))
     plain, compiled = make(), make(compile=True)
     compiled.configure_model()
-    modules = [compiled.image_encoder, compiled.text_encoder, compiled.fusion, compiled.head]
+    modules = [compiled.encoders["image"], compiled.encoders["text"], compiled.fusion, compiled.head]
     assert all(m._compiled_call_impl is not None for m in modules)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     with torch.no_grad():
@@ -65,15 +69,23 @@ def test_compile_keeps_checkpoint_keys_and_outputs(monkeypatch) -> None:
 @pytest.mark.slow
 def test_bf16_mixed_precision_trains(tmp_path) -> None:
     dm = DemoDataModule(
-        root=str(tmp_path), num_samples=60, demo_image_size=32, image_size=32, batch_size=16, augment=False
+        root=str(tmp_path),
+        num_samples=60,
+        demo_image_size=32,
+        image_size=32,
+        batch_size=16,
+        augment=False,
+        numeric_columns=["age", "ldh_u_l"],
+        categorical_columns=["sex", "site"],
     )
+    assert dm.modalities == ["image", "text", "tabular"]  # the tabular encoder trains under bf16 too
     L.seed_everything(0)
     model = MultimodalClassifier(
         image_encoder=partial(ImageEncoder, "test_resnet"),
         text_encoder=partial(TextEncoder, "tiny"),
         num_classes=dm.num_classes,
         class_names=dm.class_names,
-        vocab_size=dm.vocab_size,
+        modalities=dm.modality_specs,
         channels_last=True,
     )
     trainer = L.Trainer(
@@ -90,5 +102,6 @@ def test_bf16_mixed_precision_trains(tmp_path) -> None:
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
     assert model.head.state_dict().keys() and all(p.dtype == torch.float32 for p in model.parameters())
-    changed = [k for k, v in model.state_dict().items() if k.startswith("fusion.") and not torch.equal(v, before[k])]
-    assert changed  # it trained
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("fusion.") for k in changed)  # it trained
+    assert any(k.startswith("encoders.tabular.") for k in changed)  # the tabular encoder as well

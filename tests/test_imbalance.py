@@ -224,9 +224,11 @@ def by_hand_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 def test_disagreement_loss_equals_the_formula_and_trains_both_aux_heads() -> None:
     model = multimodal(aux_heads=True, aux_weights=(0.3, 0.5, 2.0)).eval()
     batch = toy_batch(12)
-    image, text = model.encode(batch)
-    fused_logits = model.head(model.fuse(image, text))
-    image_logits, text_logits = model.image_head(image.pooled), model.text_head(text.pooled)
+    encoded = model.encode(batch)
+    image, text = encoded["image"], encoded["text"]
+    fused_logits = model.head(model.fuse(encoded))
+    heads = model.unimodal_heads
+    image_logits, text_logits = heads["image"](image.pooled), heads["text"](text.pooled)
     target = batch["label"]
     kl = by_hand_kl(image_logits, text_logits).detach()
     clip = kl.median().item()  # half of the samples are clipped
@@ -248,14 +250,14 @@ def test_disagreement_loss_equals_the_formula_and_trains_both_aux_heads() -> Non
     assert set(terms) == {"loss_image", "loss_text", "disagreement", "disagreement_weight"}
 
     loss.backward()
-    for head in (model.image_head, model.text_head, model.head):
+    for head in (heads["image"], heads["text"], model.head):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
 
 
 def test_disagreement_weight_is_one_when_the_modalities_agree_or_during_warmup() -> None:
     batch = toy_batch(6)
     model = multimodal(aux_heads=True, aux_weights=(1.0, 1.0, 1.0)).eval()
-    for head in (model.image_head, model.text_head):  # identical (zero) unimodal logits: exact agreement
+    for head in model.unimodal_heads.values():  # identical (zero) unimodal logits: exact agreement
         nn.init.zeros_(head.net[-1].weight)
         nn.init.zeros_(head.net[-1].bias)
     logits, loss, terms = model.training_objective(batch)
@@ -276,12 +278,15 @@ def test_supcon_and_clip_terms_are_added_and_their_projectors_learn() -> None:
     model = multimodal(supcon_weight=0.5, clip_weight=0.25, projection_dim=16).eval()
     batch = toy_batch(9)  # labels 0, 1, 2 three times: every anchor has positives
     logits, loss, terms = model.training_objective(batch)
-    image, text = model.encode(batch)
-    fused = model.fuse(image, text)
+    encoded = model.encode(batch)
+    fused = model.fuse(encoded)
     target = batch["label"]
     supcon = supcon_loss(model.supcon_projector(fused), target, 0.07)
+    projectors = model.clip_projectors
     clip = clip_loss(
-        model.clip_image_projector(image.pooled), model.clip_text_projector(text.pooled), model.clip_logit_scale
+        projectors["image"](encoded["image"].pooled),
+        projectors["text"](encoded["text"].pooled),
+        model.clip_logit_scale,
     )
     torch.testing.assert_close(terms["supcon"], supcon)
     torch.testing.assert_close(terms["clip"], clip)
@@ -289,13 +294,14 @@ def test_supcon_and_clip_terms_are_added_and_their_projectors_learn() -> None:
     assert model.supcon_projector[-1].out_features == 16
     assert model.clip_logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     loss.backward()
-    projectors = (model.supcon_projector, model.clip_image_projector, model.clip_text_projector)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for m in projectors for p in m.parameters())
+    trained = (model.supcon_projector, projectors["image"], projectors["text"])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for m in trained for p in m.parameters())
     assert model.clip_logit_scale.grad is not None
 
     plain = multimodal()
     names = [name for name, _ in plain.named_parameters()]
-    assert not any(("supcon" in n or "clip" in n or "image_head" in n or "text_head" in n) for n in names)
+    assert not any(("supcon" in n or "clip" in n or "unimodal_heads" in n) for n in names)
+    assert not hasattr(plain, "unimodal_heads") and not hasattr(plain, "clip_projectors")
     assert set(plain.training_objective(batch)[2]) == set()
 
 
@@ -321,14 +327,19 @@ def test_everything_together_still_learns_a_task_that_needs_both_modalities() ->
     logged = set(model.trainer.callback_metrics)
     expected = {"loss_image", "loss_text", "disagreement", "disagreement_weight", "supcon", "clip"}
     expected |= {"fusion_weight_image", "fusion_weight_text"}
-    expected |= {"moe_balance", "image_head_moe_balance", "text_head_moe_balance", "moe_load_0", "moe_importance_3"}
+    expected |= {"moe_balance", "moe_load_0", "moe_importance_3"}
     assert {f"train/{name}" for name in expected} <= logged
+    # the balance loss of each aux head's MoE too, under a name that says which modality's head it is
+    for name in ("image", "text"):
+        assert any(key.endswith("moe_balance") and name in key for key in logged), (name, sorted(logged))
     loads = [model.trainer.callback_metrics[f"train/moe_load_{k}"].item() for k in range(4)]
     assert sum(loads) == pytest.approx(2.0, abs=1e-4)  # top_k experts per sample
 
 
 def test_head_factory_builds_aux_heads_like_the_main_head() -> None:
     model = multimodal(aux_heads=True, head=partial(MLPHead, hidden_dims=(32,)))
-    assert type(model.image_head) is type(model.text_head) is type(model.head) is MLPHead
-    assert model.image_head.in_dim == model.image_encoder.out_dim
-    assert model.text_head.in_dim == model.text_encoder.out_dim
+    heads = model.unimodal_heads
+    assert list(heads) == ["image", "text"]
+    assert type(heads["image"]) is type(heads["text"]) is type(model.head) is MLPHead
+    assert heads["image"].in_dim == model.encoders["image"].out_dim
+    assert heads["text"].in_dim == model.encoders["text"].out_dim

@@ -1,4 +1,5 @@
-"""Grad-CAM finds what a model looks at; attention, gate and routing maps read right; explanations render."""
+"""Grad-CAM finds what a model looks at; attention, gate and routing maps read right; explanations render (models
+with N modalities: test_interpret_modalities.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from medfusion.interpret import (
     gate_values,
     gradcam,
     gradcam_target,
+    patch_attention,
     routing_weights,
     save_explanations,
 )
@@ -120,7 +122,7 @@ def test_gradcam_on_a_vit_leaves_no_hook() -> None:
     cams = gradcam(model, batch)
     assert cams.shape == (2, 64, 64)
     assert cams.min() >= 0 and cams.max() <= 1 and all(cam.std() > 0 for cam in cams)
-    layer = model.image_encoder.model.blocks[-1].norm1
+    layer = model.encoders["image"].model.blocks[-1].norm1
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         gradcam(model, batch)
     with pytest.raises(ValueError, match="targets"):
@@ -158,8 +160,9 @@ def text_batch(n: int = 3, size: int = 64) -> dict:
         {
             "id": f"p{i}",
             "label": i % 3,
+            "present": {"image": True, "text": True},
             "image": torch.randn(3, size, size),
-            "input_ids": [2, *range(10, 12 + 2 * i), 3],
+            "text": [2, *range(10, 12 + 2 * i), 3],
         }
         for i in range(n)
     ]
@@ -183,38 +186,38 @@ def test_gradcam_through_any_fusion_with_frozen_encoders_restores_the_model(fusi
     peaks = cams.amax(dim=(1, 2))
     assert ((peaks > 0.99) | (peaks == 0)).all() and (peaks > 0.99).any()
     assert modes == {name: m.training for name, m in model.named_modules()}
-    assert modes["image_encoder"] is False and modes["fusion"] is True
+    assert modes["encoders.image"] is False and modes["fusion"] is True
     assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
     assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.fusion.parameters())
     assert not batch["image"].requires_grad
-    layer, _ = gradcam_target(model.image_encoder)
+    layer, _ = gradcam_target(model.encoders["image"])
     assert not layer._forward_hooks and not layer._backward_hooks
 
 
 def test_attention_maps_of_attention_fusions(small_bert: str) -> None:
     torch.manual_seed(0)
     batch = text_batch()
-    real = batch["attention_mask"].bool()
-    length = batch["input_ids"].shape[1]
+    real = batch["text"]["attention_mask"].bool()
+    length = batch["text"]["input_ids"].shape[1]
     for fusion in ("cross_attention", "co_attention"):
         model = multimodal(small_bert, fusion).train()
-        maps = attention_maps(model, batch)
+        maps = patch_attention(model, batch)
         assert maps.shape == (3, length, 2, 2)  # 64 px -> 2x2 patches
         # each real text token's head-averaged softmax over the patches
         torch.testing.assert_close(maps.sum(dim=(2, 3))[real], torch.ones(int(real.sum())))
         assert model.fusion.store_attention is False and model.training and model.fusion.training
 
     model = multimodal(small_bert, partial(CrossAttentionFusion, queries=["image"]))
-    maps = attention_maps(model, batch)
+    assert set(attention_maps(model, batch)) == {"image->text"}
+    maps = patch_attention(model, batch, image="image")
     assert maps.shape == (3, length, 2, 2)
     torch.testing.assert_close(maps.sum(dim=1), torch.ones(3, 2, 2))  # each patch over the real tokens
     assert (maps[~real] == 0).all()
 
-    assert attention_maps(multimodal(small_bert, "concat"), batch) is None
-    assert (
-        attention_maps(ImageClassifier(num_classes=3, image_encoder=partial(ImageEncoder, "test_resnet")), batch)
-        is None
-    )
+    assert patch_attention(multimodal(small_bert, "concat"), batch) is None
+    assert attention_maps(multimodal(small_bert, "concat"), batch) == {}
+    image_model = ImageClassifier(num_classes=3, image_encoder=partial(ImageEncoder, "test_resnet"))
+    assert patch_attention(image_model, batch) is None and attention_maps(image_model, batch) == {}
 
 
 def test_gate_values_and_routing_weights(small_bert: str) -> None:
@@ -222,7 +225,9 @@ def test_gate_values_and_routing_weights(small_bert: str) -> None:
     batch = text_batch(4)
     for fusion in ("gated", "hierarchical"):
         gates = gate_values(multimodal(small_bert, fusion), batch)
-        assert gates.shape == (4,) and ((gates > 0) & (gates < 1)).all()
+        assert list(gates) == ["image", "text"] and gates["image"].shape == (4,)
+        assert ((gates["image"] > 0) & (gates["image"] < 1)).all()
+        torch.testing.assert_close(gates["image"] + gates["text"], torch.ones(4))
     model = multimodal(small_bert, "concat", head=partial(MoEHead, num_experts=3, top_k=2)).train()
     weights = routing_weights(model, batch)
     assert weights.shape == (4, 3)
@@ -239,11 +244,12 @@ def test_explanations_of_an_image_model_are_saved_one_png_per_id(tmp_path) -> No
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     batch = {"id": ["a/b", "c d", "a_b"], "image": (pixels - mean) / std, "label": torch.tensor([0, 1, 2])}
     explanations = explain_batch(model, batch)
-    assert model.training and model.image_encoder.training
+    assert model.training and model.encoders["image"].training
     first = explanations[0]
     assert (first.id, first.label) == ("a/b", 0)
-    torch.testing.assert_close(first.image, pixels[0])
-    assert first.cam.shape == (64, 64) and first.tokens is None and first.attention is None
+    torch.testing.assert_close(first.images["image"], pixels[0])
+    assert list(first.cams) == ["image"] and first.cams["image"].shape == (64, 64)
+    assert first.tokens is None and first.attention == {} and first.feature_attention == {}
     assert first.gate is None and first.routing is None
     torch.testing.assert_close(torch.stack([e.probs for e in explanations]).sum(-1), torch.ones(3))
 
@@ -265,16 +271,23 @@ def test_explanations_of_a_multimodal_model_decode_tokens(tmp_path, small_bert: 
         head=partial(MoEHead, num_experts=3, top_k=2),
     )
     samples = [
-        {"id": f"t{i}", "label": i, "image": torch.randn(3, 64, 64), "input_ids": tokenizer(text)["input_ids"]}
+        {
+            "id": f"t{i}",
+            "label": i,
+            "present": {"image": True, "text": True},
+            "image": torch.randn(3, 64, 64),
+            "text": tokenizer(text)["input_ids"],
+        }
         for i, text in enumerate(texts)
     ]
     batch = Collate(pad_token_id=tokenizer.pad_token_id)(samples)
     explanations = explain_batch(model, batch, tokenizer=tokenizer)
     for explanation, text in zip(explanations, texts, strict=True):
         assert explanation.tokens == tokenizer.tokenize(text)  # no [CLS], [SEP] nor [PAD]
-        assert explanation.attention.shape == (len(explanation.tokens), 2, 2)
-        torch.testing.assert_close(explanation.attention.sum(dim=(1, 2)), torch.ones(len(explanation.tokens)))
-        assert explanation.routing.shape == (3,) and explanation.cam.shape == (64, 64)
+        attention = explanation.attention["text->image"]
+        assert list(explanation.attention) == ["text->image"] and attention.shape == (len(explanation.tokens), 2, 2)
+        torch.testing.assert_close(attention.sum(dim=(1, 2)), torch.ones(len(explanation.tokens)))
+        assert explanation.routing.shape == (3,) and explanation.cams["image"].shape == (64, 64)
     assert model.fusion.store_attention is False
     # image, Grad-CAM, probabilities, routing, then the 2 most focused tokens
     assert len(explanation_figure(explanations[1], ["nv", "mel", "bcc"], max_tokens=2).axes) == 4 + 2
@@ -291,7 +304,7 @@ def test_explanations_of_a_text_model(tmp_path, small_bert: str) -> None:
     batch = text_batch()
     del batch["image"]
     explanations = explain_batch(model, batch)
-    assert all(e.image is None and e.cam is None and e.tokens is None and e.attention is None for e in explanations)
+    assert all(e.images == {} and e.cams == {} and e.tokens is None and e.attention == {} for e in explanations)
     assert len(explanation_figure(explanations[0], ["nv", "mel", "bcc"]).axes) == 1
     for path in save_explanations(explanations, ["nv", "mel", "bcc"], tmp_path):
         with Image.open(path) as image:

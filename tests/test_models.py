@@ -35,7 +35,15 @@ def toy_samples(n: int = 96, seed: int = 0) -> list[dict]:
         ids = torch.randint(5, 50, (length,), generator=g)
         ids[0], ids[-1] = 2, 3
         ids[int(torch.randint(1, length - 1, (1,), generator=g))] = 60 + text_bit
-        samples.append({"id": f"s{i}", "image": image, "input_ids": ids.tolist(), "bits": (image_bit, text_bit)})
+        samples.append(
+            {
+                "id": f"s{i}",
+                "present": {"image": True, "text": True},
+                "image": image,
+                "text": ids.tolist(),
+                "bits": (image_bit, text_bit),
+            }
+        )
     return samples
 
 
@@ -144,7 +152,7 @@ def test_optimizer_groups_encoder_lr_and_no_decay() -> None:
     optimizer = model.configure_optimizers()
     seen = [id(p) for g in optimizer.param_groups for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())  # every parameter exactly once
-    encoder_ids = {id(p) for e in model.encoders() for p in e.parameters()}
+    encoder_ids = {id(p) for e in model.encoders.values() for p in e.parameters()}
     for group in optimizer.param_groups:
         in_encoder = {id(p) in encoder_ids for p in group["params"]}
         assert len(in_encoder) == 1
@@ -155,8 +163,8 @@ def test_optimizer_groups_encoder_lr_and_no_decay() -> None:
 def test_freeze_encoders() -> None:
     model = _multimodal(freeze_encoders=True, scheduler="constant")
     model.train()
-    assert not any(p.requires_grad for e in model.encoders() for p in e.parameters())
-    assert all(not e.training for e in model.encoders()) and model.head.training
+    assert not any(p.requires_grad for e in model.encoders.values() for p in e.parameters())
+    assert all(not e.training for e in model.encoders.values()) and model.head.training
     trainable = {id(p) for g in model.configure_optimizers().param_groups for p in g["params"]}
     assert trainable == {id(p) for p in model.parameters() if p.requires_grad} and trainable
 
@@ -164,7 +172,8 @@ def test_freeze_encoders() -> None:
 def test_batch_without_the_modality_says_how_to_fix() -> None:
     model = ImageClassifier(num_classes=2, image_encoder=SMALL_IMAGE)
     with pytest.raises(KeyError, match=r"data\.modalities"):
-        model({"input_ids": torch.zeros(1, 3, dtype=torch.long), "label": torch.zeros(1, dtype=torch.long)})
+        text = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+        model({"text": text, "label": torch.zeros(1, dtype=torch.long)})
 
 
 def test_fusion_class_behind_partials() -> None:

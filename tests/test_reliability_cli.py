@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_data import sample_rows, write_layout
+from data_helpers import sample_rows, write_layout
 
 from medfusion.callbacks import PredictionWriter
 from medfusion.cli import console, main, message_of, own_best_checkpoint

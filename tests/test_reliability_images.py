@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import Layout, build, data_error, sample_rows, write_image, write_layout
 from PIL import Image
-from test_data import Layout, build, data_error, sample_rows, write_image, write_layout
 
 from medfusion.data import ConfigError, DataError
 from medfusion.data.images import ImageIndex, check_jpeg, load_rgb, verify_images
@@ -126,7 +126,7 @@ def test_same_stem_twice_in_one_folder_is_ambiguous(tmp_path: Path) -> None:
     paths = {
         i: p
         for s in ("train", "val", "test")
-        for i, p in zip(dm._records[s].ids, dm._records[s].image_paths, strict=True)
+        for i, p in zip(dm._records[s].ids, dm._records[s].images["image"], strict=True)
     }
     assert paths["s002"].name == "s002.jpg" and paths["s001"].name == "s001.png"
 

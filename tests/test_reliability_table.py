@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_data import build, data_error, sample_rows, write_layout
+from data_helpers import build, data_error, sample_rows, write_layout
 
 from medfusion.data import ConfigError, DemoDataModule
 from medfusion.data import TestSet as ExternalTestSet  # aliased: pytest would try to collect Test*

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import demo_run_overrides
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 
+from medfusion.callbacks import ResumableCheckpoint
 from medfusion.cli import main
 from medfusion.runs.checkpoints import CheckpointError
 from medfusion.runs.resume import SafeCheckpointIO, epoch_seed, seed_epoch
@@ -25,23 +29,9 @@ TESTS = Path(__file__).parent
 
 
 def fit_args(root: Path, data: Path, epochs: int = 2) -> list[str]:
-    return [
-        "fit",
-        f"--config={CONFIGS / 'demo.yaml'}",
-        f"--data.root={data}",
-        "--data.num_samples=100",
-        "--data.demo_image_size=32",
-        "--data.image_size=32",
-        "--data.batch_size=16",
-        "--data.num_workers=0",
-        "--model.image_encoder.model_name=test_resnet",
-        f"--trainer.logger.init_args.save_dir={root}",
-        f"--trainer.max_epochs={epochs}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--evaluation.bootstrap_resamples=100",
-        "--evaluation.embedding_map=false",
-    ]
+    options = {"trainer__max_epochs": epochs, "evaluation__bootstrap_resamples": 100}
+    overrides = demo_run_overrides(root, data_dir=data, runs_dir=root, evaluation__embedding_map="false", **options)
+    return ["fit", f"--config={CONFIGS / 'demo.yaml'}", *overrides]
 
 
 def cli(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -133,3 +123,25 @@ def test_an_epoch_seed_depends_on_the_run_seed_and_the_epoch_only() -> None:
     seed_epoch(2, seed=7)
     assert (random.random(), np.random.rand()) == first[:2]
     assert torch.equal(torch.rand(3), first[2])
+
+
+class _FlatMetric(BoringModel):
+    """Logs a validation metric that never improves after the first epoch."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", 1.0 if self.current_epoch == 0 else 0.0)
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("callback", [ModelCheckpoint, ResumableCheckpoint])
+def test_last_checkpoint_is_written_after_every_epoch(tmp_path, callback, trainer_factory) -> None:
+    checkpoint = callback(
+        dirpath=tmp_path, monitor="val/score", mode="max", save_last=True, save_on_train_epoch_end=True
+    )
+    options = {"limit_train_batches": 2, "limit_val_batches": 1, "enable_checkpointing": True}
+    trainer = trainer_factory(max_epochs=3, callbacks=[checkpoint], **options)
+    trainer.fit(_FlatMetric())
+    epoch = torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"]
+    # Lightning's own keeps last.ckpt at the best epoch (0); ours at the last finished one, for --ckpt_path last
+    assert epoch == (2 if callback is ResumableCheckpoint else 0)
+    assert [p.name for p in tmp_path.glob("epoch=*.ckpt")] == ["epoch=0-step=2.ckpt"]  # the best, kept

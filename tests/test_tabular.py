@@ -224,9 +224,9 @@ def test_batch_permutation_equivariance_and_encode_present() -> None:
     torch.testing.assert_close(permuted.tokens, out.tokens[perm])
     for level, original in zip(permuted.levels, out.levels, strict=True):
         torch.testing.assert_close(level, original[perm])
-    # the positional inputs run through encode_present like the image and text encoders
+    # the batch's tabular dict runs through encode_present like the image and text inputs
     present = torch.tensor([True, False, True, True, False, True])
-    partial = encode_present(encoder, list(inputs.values()), present, tokens=True)
+    partial = encode_present(encoder, inputs, present, tokens=True)
     torch.testing.assert_close(partial.pooled[present], out.pooled[present])
     assert not partial.mask[~present].any()
 
@@ -316,7 +316,7 @@ def test_end_to_end_from_a_csv(tmp_path: Path) -> None:
     assert any("'other'" in str(w.message) and "'04'" in str(w.message) for w in caught)
     inputs = features.to_tensors()
     assert inputs["categorical"][6].tolist() == [3, UNKNOWN] and inputs["categorical"][3, 0] == MISSING
-    encoder = TabularEncoder(prep.num_numeric, prep.cardinalities, dim=8, hidden=16)
+    encoder = TabularEncoder(prep.num_numeric, prep.cardinalities, dim=8, hidden=16, num_layers=2)
     out = encoder(**inputs, tokens=True, levels=True)
     assert out.pooled.shape == (8, 16) and out.tokens.shape == (8, 3, 8) and len(out.levels) == 2
     assert all(torch.isfinite(t).all() for t in (inputs["numeric"], out.pooled, out.tokens))

@@ -15,12 +15,17 @@ from medfusion.tta import TTA_VIEWS, average_log_probs, check_views
 SMALL_IMAGE = partial(ImageEncoder, "test_resnet")
 
 
-def batch_of(n: int = 6, size: int = 32) -> dict:
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only spin on a busy box
+
+
+def batch_of(n: int = 6, size: int = 32, images: tuple[str, ...] = ("image",)) -> dict:
+    """``n`` samples with a random image under each name of ``images`` and a short text."""
     g = torch.Generator().manual_seed(0)
-    samples = [
-        {"id": f"s{i}", "label": i % 3, "image": torch.randn(3, size, size, generator=g), "input_ids": [2, 7 + i, 3]}
-        for i in range(n)
-    ]
+    samples = []
+    for i in range(n):
+        sample = {"id": f"s{i}", "label": i % 3, "present": dict.fromkeys([*images, "text"], True)}
+        sample |= {name: torch.randn(3, size, size, generator=g) for name in images}
+        samples.append(sample | {"text": [2, 7 + i, 3]})
     return Collate(0)(samples)
 
 
@@ -69,7 +74,7 @@ def test_tta_with_identity_views_equals_the_plain_output() -> None:
         expected = plain.predict_logits(batch).softmax(-1)
         logits, features = tta.evaluate(batch)
     torch.testing.assert_close(logits.softmax(-1), expected)
-    assert features.shape == (6, tta.image_encoder.out_dim)
+    assert features.shape == (6, tta.encoders["image"].out_dim)
 
 
 def test_tta_averages_the_softmax_of_its_views() -> None:
@@ -81,6 +86,23 @@ def test_tta_averages_the_softmax_of_its_views() -> None:
         probs = model.predict_step(batch, 0)["probs"]
     torch.testing.assert_close(probs, expected)
     assert not torch.allclose(probs, model.predict_logits(batch).softmax(-1))  # the views do change the output
+
+
+def test_tta_applies_each_view_to_every_image_modality() -> None:
+    """Two views of a case (``dermoscopic`` and ``clinical``): a TTA view flips both images at once."""
+    torch.manual_seed(0)
+    views = {"dermoscopic": {"kind": "image"}, "clinical": {"kind": "image"}}
+    model = MultimodalClassifier(num_classes=3, image_encoder=SMALL_IMAGE, modalities=views, tta=["identity", "hflip"])
+    model.eval()
+    assert model.image_modalities == ["dermoscopic", "clinical"]
+    batch = batch_of(images=("dermoscopic", "clinical"))
+    with torch.no_grad():
+        plain = model.predict_logits(batch).softmax(-1)
+        both = model.predict_logits({**batch, **{name: batch[name].flip(-1) for name in views}}).softmax(-1)
+        one = model.predict_logits({**batch, "dermoscopic": batch["dermoscopic"].flip(-1)}).softmax(-1)
+        probs = model.predict_step(batch, 0)["probs"]
+    torch.testing.assert_close(probs, (plain + both) / 2)
+    assert not torch.allclose(probs, (plain + one) / 2)  # not only the first image modality
 
 
 def test_tta_leaves_text_only_models_alone() -> None:

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import demo_run_overrides
 
 from medfusion.cli import main
 
@@ -75,17 +76,9 @@ def test_fit_and_test_log_metrics_tables_and_confusion_matrix_offline(tmp_path, 
             "fit",
             f"--config={CONFIGS / 'demo.yaml'}",
             f"--config={CONFIGS / 'logger' / 'wandb.yaml'}",
-            f"--data.root={tmp_path / 'data'}",
-            "--data.num_samples=120",
-            "--data.demo_image_size=32",
-            "--data.image_size=32",
-            "--data.batch_size=16",
-            "--data.num_workers=0",
-            "--model.image_encoder.model_name=test_resnet",
+            *demo_run_overrides(tmp_path, num_samples=120, set_runs_dir=False),  # the fragment's runs/
             "--trainer.max_epochs=1",
             "--trainer.log_every_n_steps=2",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
             "--val_predictions.num_samples=6",
             "--evaluation.bootstrap_resamples=200",
         ]

@@ -1,7 +1,17 @@
-"""Callbacks: run outputs (metrics.json, predictions.csv), test-time evaluation, validation-sample views."""
+"""Callbacks: run outputs (metrics.json, predictions.csv), test-time evaluation, validation-sample views, the
+resumable checkpoint."""
 
+from medfusion.callbacks.checkpoint import ResumableCheckpoint
 from medfusion.callbacks.evaluation import Evaluation
 from medfusion.callbacks.outputs import MetricsJSON, PredictionWriter, run_dir
 from medfusion.callbacks.samples import Explanations, ValidationPredictions
 
-__all__ = ["Evaluation", "Explanations", "MetricsJSON", "PredictionWriter", "ValidationPredictions", "run_dir"]
+__all__ = [
+    "Evaluation",
+    "Explanations",
+    "MetricsJSON",
+    "PredictionWriter",
+    "ResumableCheckpoint",
+    "ValidationPredictions",
+    "run_dir",
+]

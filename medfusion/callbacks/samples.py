@@ -1,10 +1,10 @@
-"""Callbacks that look at a fixed set of validation samples during training: a W&B predictions table and
-interpretability figures (Grad-CAM, attention maps, gate values, MoE routing)."""
+"""Callbacks that look at a fixed set of validation samples during training: a W&B predictions table (every
+modality) and interpretability figures (Grad-CAM per image, attention maps, modality weights, MoE routing)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 
 from medfusion.callbacks.loggers import has_table_logger, log_image, log_table
 from medfusion.callbacks.outputs import run_dir
+from medfusion.data.tabular import FIRST_CATEGORY, MISSING, UNKNOWN, TabularFeatures, TabularPreprocessor
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -39,7 +40,16 @@ def validation_batch(trainer: L.Trainer, pl_module: L.LightningModule, num_sampl
     indices = fixed_indices(dataset.labels, num_samples)
     batch = datamodule.collate([dataset[i] for i in indices])
     batch["index"] = indices
-    return dataset, {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return dataset, to_device(batch, pl_module.device)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (nested dicts of a batch too) on ``device``."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    return value
 
 
 def due(trainer: L.Trainer, every_n_epochs: int) -> bool:
@@ -51,8 +61,9 @@ def due(trainer: L.Trainer, every_n_epochs: int) -> bool:
 
 
 class ValidationPredictions(Callback):
-    """Log a table of predictions for a fixed sample of the validation set to W&B: id, image, text, true
-    class, predicted class and each class's probability. Does nothing without a W&B logger.
+    """Log a table of predictions for a fixed sample of the validation set to W&B (see :func:`prediction_table`):
+    id, one image column per image modality, the text, the tabular values, true class, predicted class and each
+    class's probability. Does nothing without a W&B logger.
 
     Args:
         num_samples: how many validation samples (taken round-robin over the classes).
@@ -76,23 +87,82 @@ class ValidationPredictions(Callback):
         dataset, batch = found
         was_training = pl_module.training
         pl_module.eval()
-        probs = pl_module.predict_logits(batch).float().softmax(-1).cpu()
+        with torch.no_grad():
+            probs = pl_module.predict_logits(batch).float().softmax(-1).cpu()
         pl_module.train(was_training)
-        names = list(pl_module.class_names)
-        mean = getattr(trainer.datamodule, "mean", IMAGENET_MEAN)
-        std = getattr(trainer.datamodule, "std", IMAGENET_STD)
-        rows = []
-        for row, index in enumerate(batch["index"]):
-            image = None
-            if "image" in batch:
-                image = wandb.Image(to_display(batch["image"][row].cpu(), mean, std).permute(1, 2, 0).numpy())
-            text = dataset.texts[index] if dataset.texts is not None else None
-            rows.append(
-                [batch["id"][row], image, text, names[int(batch["label"][row])], names[int(probs[row].argmax())]]
-                + [round(float(p), 4) for p in probs[row]]
-            )
-        columns = ["id", "image", "text", "true", "predicted", *(f"prob_{c}" for c in names)]
+        columns, rows = prediction_table(
+            trainer.datamodule,
+            dataset,
+            batch,
+            probs,
+            list(pl_module.class_names),
+            lambda image: wandb.Image(image.permute(1, 2, 0).numpy()),
+        )
         log_table(trainer, "val/predictions", columns, rows)
+
+
+def prediction_table(
+    datamodule: Any,
+    dataset: Any,
+    batch: dict[str, Any],
+    probs: torch.Tensor,
+    class_names: Sequence[str],
+    image_cell: Callable[[torch.Tensor], Any],
+) -> tuple[list[str], list[list[Any]]]:
+    """The columns and rows of the predictions table of ``batch`` (samples ``batch["index"]`` of ``dataset``):
+    ``id``, one column per image modality (``image_cell`` of the image back in [0, 1], ``[3, H, W]``; None where
+    absent), ``text`` (the raw text) when the data has one, ``tabular`` when it has tabular inputs (see
+    :func:`tabular_text`), ``true``, ``predicted`` and ``prob_<class>`` per class."""
+    mean = getattr(datamodule, "mean", IMAGENET_MEAN)
+    std = getattr(datamodule, "std", IMAGENET_STD)
+    images = list(getattr(dataset, "images", {}))
+    has_text = getattr(dataset, "texts", None) is not None
+    has_tabular = getattr(dataset, "tabular", None) is not None
+    present = batch.get("present") or {}
+    rows = []
+    for row, index in enumerate(batch["index"]):
+        cells: list[Any] = [batch["id"][row]]
+        for name in images:
+            flags = present.get(name)
+            shown = name in batch and (flags is None or bool(flags[row]))
+            cells.append(image_cell(to_display(batch[name][row].cpu(), mean, std)) if shown else None)
+        if has_text:
+            cells.append(dataset.texts[index])
+        if has_tabular:
+            absent = not dataset.tabular_present[index]
+            cells.append(None if absent else tabular_text(getattr(datamodule, "tabular", None), dataset.tabular, index))
+        cells += [class_names[int(batch["label"][row])], class_names[int(probs[row].argmax())]]
+        rows.append(cells + [round(float(p), 4) for p in probs[row]])
+    columns = ["id", *images, *(["text"] if has_text else []), *(["tabular"] if has_tabular else [])]
+    return [*columns, "true", "predicted", *(f"prob_{c}" for c in class_names)], rows
+
+
+def tabular_text(preprocessor: TabularPreprocessor | None, features: TabularFeatures, index: int) -> str:
+    """Row ``index`` of ``features`` as ``"age=54, ldh_u_l=212.3, sex=female, site=back"``: with the datamodule's
+    ``preprocessor``, the raw values (numbers un-standardised with its training mean and std, to float32 precision;
+    category names), ``missing`` for an empty cell and ``unknown`` for a category not seen in training; without
+    one, the standardised numbers and category indices, named ``numeric_<j>`` and ``categorical_<j>``."""
+    numeric, missing = features.numeric[index], features.numeric_missing[index]
+    categorical = features.categorical[index]
+    if preprocessor is None:
+        numeric_names = [f"numeric_{j}" for j in range(len(numeric))]
+        categorical_names = [f"categorical_{j}" for j in range(len(categorical))]
+        values = [f"{float(x):.3g}" for x in numeric]
+        categories = [str(int(c)) for c in categorical]
+    else:
+        numeric_names, categorical_names = preprocessor.spec.numeric, preprocessor.spec.categorical
+        values = [
+            f"{round(float(x) * s + m, 2):g}"
+            for x, m, s in zip(numeric, preprocessor.mean, preprocessor.std, strict=True)
+        ]
+        special = {UNKNOWN: "unknown", MISSING: "missing"}
+        categories = [
+            special.get(int(c)) or preprocessor.categories[column][int(c) - FIRST_CATEGORY]
+            for column, c in zip(categorical_names, categorical, strict=True)
+        ]
+    cells = [f"{n}={'missing' if m else v}" for n, v, m in zip(numeric_names, values, missing, strict=True)]
+    cells += [f"{n}={c}" for n, c in zip(categorical_names, categories, strict=True)]
+    return ", ".join(cells)
 
 
 def to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -103,8 +173,8 @@ def to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 class Explanations(Callback):
-    """Every ``every_n_epochs`` training epochs, explain a fixed set of validation samples: Grad-CAM overlay,
-    the text tokens' cross-attention maps, gate values, MoE routing and class probabilities, one PNG per sample
+    """Every ``every_n_epochs`` training epochs, explain a fixed set of validation samples: a Grad-CAM overlay per
+    image modality, the attention maps, modality weights, MoE routing and class probabilities, one PNG per sample
     under ``<run dir>/explanations/epoch_<NNN>/``, also logged as images (W&B, TensorBoard).
 
     Args:

@@ -1,9 +1,12 @@
-"""Data layer: CSV/JSON/image-folder datasets, the DataModules and the embedded demo data."""
+"""Data layer: CSV/JSON/image-folder datasets of named modalities (images, text, tabular), the DataModules and the
+embedded demo data."""
 
-from medfusion.data.datamodule import DemoDataModule, MultimodalDataModule, TestSet
+from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.dataset import Collate, MultimodalDataset
+from medfusion.data.demo_module import DemoDataModule
 from medfusion.data.errors import ConfigError, DataError
 from medfusion.data.tabular import TabularFeatures, TabularPreprocessor, TabularSpec
+from medfusion.data.test_sets import TestSet
 
 __all__ = [
     "Collate",

@@ -1,68 +1,42 @@
-"""LightningDataModules for image+text classification from a CSV (+ JSON) and an image folder."""
+"""The LightningDataModule of named modalities (images, text, tabular) from a CSV, a JSON of texts and an image
+folder."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
-import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
-from medfusion.data.demo import default_cache_dir, ensure_demo_data
 from medfusion.data.errors import DataError
-from medfusion.data.images import ImageIndex, verify_images
-from medfusion.data.loaders import EpochSeededLoader
-from medfusion.data.options import check_data_options, check_demo_options
-from medfusion.data.samplers import DistributedWeightedSampler, class_balanced_weights
-from medfusion.data.splits import (
-    check_groups_disjoint,
-    check_splits_present,
-    rare_class_warnings,
-    splits_from_column,
-    stratified_group_split,
-)
-from medfusion.data.table import (
-    Records,
-    infer_class_names,
-    label_indices,
-    read_records,
-    resolve_equivalent_labels,
-)
-from medfusion.data.texts import read_text_json
-from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
+from medfusion.data.images import verify_images
+from medfusion.data.loaders import SamplerKind, make_loader
+from medfusion.data.modalities import check_allow_missing, resolve_modalities
+from medfusion.data.options import check_data_options
+from medfusion.data.reader import CsvReader, read_training
+from medfusion.data.state import check_same_state, find_data_state, mark
+from medfusion.data.table import Records, label_indices
+from medfusion.data.tabular import UNKNOWN, TabularPreprocessor, TabularSpec
+from medfusion.data.test_sets import TestSet
+from medfusion.data.tokenizer import WORDPIECE, build_tokenizer, tokenize
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from medfusion.runs.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state
-from medfusion.runs.resume import epoch_seed
-
-Modality = Literal["image", "text"]
-SamplerKind = Literal["shuffle", "balanced"]
-
-
-@dataclass
-class TestSet:
-    """An external test set: its own CSV with the same columns, optionally its own images and texts."""
-
-    csv_path: str
-    image_dir: str | None = None
-    text_json: str | None = None
+from medfusion.runs.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state, tokenizer_state
 
 
 class MultimodalDataModule(L.LightningDataModule):
-    """Image + text classification data from the layout users have: a CSV, a JSON of texts, an image folder.
+    """Classification data with named modalities from the layout users have: a CSV (with tabular columns), a JSON
+    of texts, an image folder (one or more images per case).
 
-    Everything is read and validated when the module is built (bad input fails once, naming
-    the file, rows and fix), so ``num_classes``, ``class_names``, ``class_counts`` and
-    ``vocab_size`` can be linked into the model by the CLI. Image decoding is checked in
-    :meth:`setup`. ``data_report`` holds counts the run logs (``truncated_texts/<set>`` and, with
-    ``allow_missing``, ``missing_images/<set>``, ``missing_texts/<set>``; sets: train, val, test, test_<name>,
-    predict), filled as the datasets are built.
+    Everything is read and validated when the module is built (bad input fails once, naming the file, rows and
+    fix), so ``num_classes``, ``class_names``, ``class_counts``, ``vocab_size`` and ``modality_specs`` (names,
+    kinds, sizes) can be linked into the model by the CLI. Image decoding is checked in :meth:`setup`.
+    ``data_report`` holds counts the run logs (``truncated_texts/<set>``, ``unknown_categories/<set>`` and, with
+    ``allow_missing``, ``missing_<name>/<set>``; sets: train, val, test, test_<name>, predict), filled as the
+    datasets are built. What a checkpoint needs from the data travels in :meth:`state_dict`.
 
     Args:
         csv_path: one row per sample with an id and a label column.
@@ -85,11 +59,23 @@ class MultimodalDataModule(L.LightningDataModule):
             ``b``, ``1`` and ``1.0``) are an error listing them (and, when ``class_names`` are known, the class meant);
             with ``true`` they are merged, with a warning, into the class so spelled or else into the most frequent
             spelling (ties: the first seen), in the training CSV and in every test set.
-        modalities: which inputs to load: ``["image", "text"]``, ``["image"]`` or ``["text"]``.
-        allow_missing: modalities a sample may lack (default none: a sample without one is an error). An image is
-            missing when its ``image_column`` cell is empty (a path to no file stays an error); a text when the
-            JSON has no entry for the id or the text (or text column cell) is empty. Batches mark them in
-            ``image_present``/``text_present``; a sample with neither is an error. Needs a model that handles
+        image_columns: further image modalities by name, each with its CSV column of paths relative to
+            ``image_dir`` (``{frontal: frontal_path, lateral: lateral_path}``; two views of a case).
+        numeric_columns: numeric clinical variables of the ``tabular`` modality (``[age, psa]``), standardised
+            with the mean and std of the training rows only; a missing value is flagged, never a silent 0.
+        categorical_columns: categorical variables of the ``tabular`` modality (``[sex, localization]``), read
+            as text; a category not seen in training maps to an unknown index (counted in one warning and in
+            ``data_report`` as ``unknown_categories/<set>``), an empty cell to a missing index. With
+            ``from_checkpoint`` and neither column list set, the checkpoint's columns are used.
+        modalities: which named inputs to load, e.g. ``[image, text]``, ``[image, tabular]``, ``[frontal,
+            lateral, text]``; default: every one the options describe (``image`` with ``image_dir`` unless
+            ``image_columns`` are given, then those; ``text`` with a text source; ``tabular`` with tabular columns).
+            Batches hold one entry per name and ``present[name]``.
+        allow_missing: modality names a sample may lack (default none: a sample without one is an error). An image
+            is missing when its path cell (``image_column`` or its ``image_columns`` column) is empty (a path to no
+            file stays an error); a text when the JSON has no entry for the id or the text (or text column cell) is
+            empty; the tabular inputs when every tabular cell of the row is empty. Batches mark them in
+            ``present[name]``; a sample with none of its modalities is an error. Needs a model that handles
             absent inputs (``MultimodalClassifier``).
         val_ratio: fraction of groups for validation when there is no split column (``0 <= val_ratio < 1``).
         test_ratio: fraction of groups for testing when there is no split column (``val_ratio + test_ratio < 1``).
@@ -97,9 +83,9 @@ class MultimodalDataModule(L.LightningDataModule):
             warned about: their per-class metrics are undefined there.
         seed: seed of the random split.
         test_sets: external test sets by name, each tested on its own (metrics ``test_<name>/...``).
-        robustness: add two test sets built from the internal test split, ``no_text`` and ``no_image``, in which
-            that modality is absent for every sample (metrics ``test_no_text/...``, ``test_no_image/...``).
-            Needs both modalities.
+        robustness: add one test set per modality built from the internal test split, ``no_<name>``, in which
+            that modality is absent for every sample (metrics ``test_no_image/...``, ``test_no_text/...``,
+            ``test_no_tabular/...``). Needs two modalities or more.
         predict_csv: rows to predict (labels optional); default: the test split.
         image_size: side of the square model input.
         augment: random crops, flips and colour jitter in training.
@@ -117,10 +103,11 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: texts are truncated to this many tokens (the count is warned and in ``data_report``).
         batch_size: samples per batch (per process under DDP).
         num_workers: DataLoader worker processes.
-        from_checkpoint: a trained model's checkpoint: its class names (and order) and text tokenizer are used
-            instead of being inferred and retrained, so ``test``/``predict`` need no training data (leave
-            ``csv_path`` unset and give ``predict_csv`` or ``test_sets``); labels outside its classes are errors.
-            ``medfusion test|predict --ckpt_path`` sets it to that checkpoint.
+        from_checkpoint: a trained model's checkpoint: its data state (:meth:`state_dict`: class names and order,
+            modalities, text tokenizer, tabular statistics and category maps) is used instead of being inferred
+            and refitted, so ``test``/``predict`` need no training data (leave ``csv_path`` unset and give
+            ``predict_csv`` or ``test_sets``); labels outside its classes are errors. ``medfusion
+            test|predict --ckpt_path`` sets it to that checkpoint.
         feature_cache: a directory (e.g. ``~/.cache/medfusion/features``) for the outputs of frozen encoders
             (``model.freeze_encoders: true``): each split's features are computed once, stored there memory-mapped
             under a hash of the encoder and the data, reused by every later epoch and run, and recomputed when
@@ -147,14 +134,17 @@ class MultimodalDataModule(L.LightningDataModule):
         id_column: str = "image_id",
         label_column: str = "label",
         image_column: str | None = None,
+        image_columns: dict[str, str] | None = None,
+        numeric_columns: list[str] | None = None,
+        categorical_columns: list[str] | None = None,
         split_column: str | None = None,
         group_column: str | None = None,
         csv_sep: str = ",",
         na_values: list[str] | None = None,
         class_names: list[str] | None = None,
         merge_equivalent_labels: bool = False,
-        modalities: list[Modality] | None = None,
-        allow_missing: list[Modality] | None = None,
+        modalities: list[str] | None = None,
+        allow_missing: list[str] | None = None,
         val_ratio: float = 0.15,
         test_ratio: float = 0.15,
         seed: int = 42,
@@ -187,8 +177,7 @@ class MultimodalDataModule(L.LightningDataModule):
             test_ratio=test_ratio,
             csv_sep=csv_sep,
         )
-        self.csv_sep, self.na_values = csv_sep, list(na_values or [])
-        self.merge_equivalent_labels = merge_equivalent_labels
+        self.na_values = list(na_values or [])
         if feature_cache is not None and augment:
             raise ValueError(
                 "data.feature_cache stores features of the un-augmented images, computed once, so it excludes "
@@ -200,8 +189,7 @@ class MultimodalDataModule(L.LightningDataModule):
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
         self.sampler = sampler
-        self.id_column, self.label_column, self.group_column = id_column, label_column, group_column
-        self.image_column, self.text_column, self.text_template = image_column, text_column, text_template
+        self.image_column = image_column
         self.val_ratio, self.test_ratio, self.seed = val_ratio, test_ratio, seed
         self.image_size, self.augment, self.mean, self.std = image_size, augment, mean, std
         self.verify_images, self.max_length = verify_images, max_length
@@ -209,57 +197,96 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
         self.on_bad_image = on_bad_image
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.modalities = list(modalities or ["image", "text"])
-        if not self.modalities or set(self.modalities) - {"image", "text"}:
-            raise ValueError(f"modalities must be a non-empty subset of ['image', 'text'], got {modalities}")
-        if "image" in self.modalities and image_dir is None:
-            raise DataError("Images are used but data.image_dir is not set. Fix: set it, or use modalities: [text].")
-        self.uses_image = "image" in self.modalities
-        self.uses_text = "text" in self.modalities
-        self.allow_missing = list(allow_missing or [])
-        if set(self.allow_missing) - set(self.modalities):
-            raise ValueError(f"allow_missing {allow_missing} must be a subset of modalities {self.modalities}")
-        if "image" in self.allow_missing and image_column is None:
-            raise DataError(
-                "data.allow_missing includes 'image', but images are found by id: only an empty "
-                "data.image_column cell marks a sample without an image. "
-                "Fix: set data.image_column, or drop 'image' from data.allow_missing."
+        self.image_columns = dict(image_columns or {})
+        trained = find_data_state(read_checkpoint(from_checkpoint), from_checkpoint) if from_checkpoint else None
+        spec = None
+        if numeric_columns or categorical_columns:
+            spec = TabularSpec(list(numeric_columns or []), list(categorical_columns or []))
+        elif trained is not None and trained.get("tabular") is not None:  # the checkpoint's columns
+            spec = TabularPreprocessor.from_state(trained["tabular"]).spec
+        has_text = any(source is not None for source in (text_json, text_column, text_template))
+        self.modality_kinds = resolve_modalities(
+            modalities, image_dir=image_dir, image_columns=self.image_columns, has_text=has_text, has_tabular=bool(spec)
+        )
+        self.modalities = list(self.modality_kinds)
+        self.image_names = [name for name, kind in self.modality_kinds.items() if kind == "image"]
+        self.uses_text = "text" in self.modality_kinds
+        self.tabular_spec = spec if "tabular" in self.modality_kinds else None
+        self.allow_missing = check_allow_missing(allow_missing, self.modality_kinds, self._path_column)
+        if robustness and len(self.modalities) < 2:
+            raise ValueError(
+                f"robustness (one no_<name> test set per modality) needs two modalities or more, got {self.modalities}"
             )
-        if robustness and set(self.modalities) != {"image", "text"}:
-            raise ValueError("robustness (no_text and no_image test sets) needs modalities: [image, text]")
         self.data_report: dict[str, int] = {}
 
-        trained = read_checkpoint(from_checkpoint)["medfusion"] if from_checkpoint else None  # format checked
         if csv_path is None and trained is None:
             raise DataError("data.csv_path is not set. Fix: set it, or set data.from_checkpoint to a trained model.")
         if csv_path is None and not (predict_csv or test_sets):
             raise DataError("Without data.csv_path there is nothing to read. Fix: set data.predict_csv or test_sets.")
+        if trained is not None:
+            check_same_state({"modalities": trained["modalities"]}, {"modalities": self.modality_kinds})
         self.class_names: list[str] = list(trained["class_names"]) if trained else list(class_names or [])
         if trained and class_names:
             check_class_names(trained["class_names"], class_names, from_checkpoint)
+        self.tabular: TabularPreprocessor | None = None
+        if trained is not None and trained.get("tabular") is not None:  # the model's statistics, refitted on nothing
+            self.tabular = TabularPreprocessor.from_state(trained["tabular"])
         self._table: Records | None = None
-        empty_split = Records(Path(csv_path or "none"), [], [], None, None, None, None, [])
+        empty_split = Records(Path(csv_path or "none"), [], [], {}, None, None, None, [])
         self._records: dict[str, Records] = dict.fromkeys(("train", "val", "test"), empty_split)
         self._labels: dict[str, list[int]] = {s: [] for s in ("train", "val", "test")}
         self.test_set_names: list[str] = []
         self._test_records: list[Records] = []
         self._test_labels: list[list[int]] = []
         self.class_counts: list[int] | None = trained["class_counts"] if trained else None
+        self.reader = CsvReader(
+            id_column,
+            label_column,
+            {name: self._path_column(name) for name in self.image_names},
+            self.uses_text,
+            text_column,
+            text_template,
+            self.tabular_spec,
+            self.allow_missing,
+            csv_sep,
+            self.na_values,
+            merge_equivalent_labels,
+        )
         if csv_path is not None:
-            self._read_training_csv(csv_path, image_dir, text_json, split_column, group_column, trained is not None)
-        for name, spec in (test_sets or {}).items():
-            ext = self._read(spec.csv_path, spec.image_dir or image_dir, spec.text_json or text_json)
-            ext = self._equivalent_labels(ext)
+            training = read_training(
+                self.reader,
+                csv_path,
+                image_dir,
+                text_json,
+                split_column=split_column,
+                group_column=group_column,
+                class_names=self.class_names,
+                val_ratio=val_ratio,
+                test_ratio=test_ratio,
+                seed=seed,
+                classes_given=trained is not None,
+            )
+            self._table, self._records, self._labels = training.table, training.records, training.labels
+            self.class_names, self.class_counts = training.class_names, training.class_counts
+            if self.tabular_spec is not None and self.tabular is None:  # fitted on the training rows only
+                rows = self._records["train"].rows
+                self.tabular = TabularPreprocessor.fit(self.tabular_spec, self._table.tabular, csv_path, rows)
+            self.test_set_names = ["test"]
+            self._test_records = [self._records["test"]]
+            self._test_labels = [self._labels["test"]]
+        for name, test_set in (test_sets or {}).items():
+            ext = self.reader.read(test_set.csv_path, test_set.image_dir or image_dir, test_set.text_json or text_json)
+            ext = self.reader.merge_labels(ext, self.class_names)
             self.test_set_names.append(name)
             self._test_records.append(ext)
             self._test_labels.append(label_indices(ext, self.class_names))
-        self.robustness_sets = ["no_text", "no_image"] if robustness else []
+        self.robustness_sets = [f"no_{name}" for name in self.modalities] if robustness else []
         taken = [n for n in self.robustness_sets if n in self.test_set_names]
         if taken:
             raise ValueError(f"test_sets {taken} clash with the robustness test sets: rename them")
         self.test_set_names += self.robustness_sets
         self._predict_records = (
-            self._read(predict_csv, image_dir, text_json, labels_required=False) if predict_csv else None
+            self.reader.read(predict_csv, image_dir, text_json, labels_required=False) if predict_csv else None
         )
 
         self.tokenizer = None
@@ -274,46 +301,9 @@ class MultimodalDataModule(L.LightningDataModule):
         self._verified = False
         self.datasets: dict[str, Dataset] = {}
 
-    def _read_training_csv(
-        self,
-        csv_path: str,
-        image_dir: str | None,
-        text_json: str | None,
-        split_column: str | None,
-        group_column: str | None,
-        classes_from_checkpoint: bool,
-    ) -> None:
-        """Read the main CSV into train/val/test splits (class names inferred unless already known)."""
-        records = self._table = self._equivalent_labels(
-            self._read(csv_path, image_dir, text_json, split_column=split_column, group_column=group_column)
-        )
-        if not self.class_names:
-            self.class_names = infer_class_names(records.labels)
-        labels = label_indices(records, self.class_names)
-        splits = self._assign_splits(records)
-        self._records = {
-            s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in ("train", "val", "test")
-        }
-        self._labels = {s: [labels[r] for r, x in enumerate(splits) if x == s] for s in ("train", "val", "test")}
-        counts = Counter(self._labels["train"])
-        self.class_counts = [counts.get(i, 0) for i in range(self.num_classes)]
-        empty = [self.class_names[i] for i, c in enumerate(self.class_counts) if c == 0]
-        if empty and not classes_from_checkpoint:
-            raise DataError(f"Classes {empty} have no training rows in {csv_path}. Fix: add rows or drop the classes.")
-        needed = 1 + (self.val_ratio > 0) + (self.test_ratio > 0) if records.splits is None else 0
-        for warning in rare_class_warnings(self._labels, self.class_names, csv_path, needed):
-            rank_zero_warn(warning)
-        self.test_set_names = ["test"]
-        self._test_records = [self._records["test"]]
-        self._test_labels = [self._labels["test"]]
-
-    def _equivalent_labels(self, records: Records) -> Records:
-        """``records`` with labels equivalent to a class or to each other merged (``merge_equivalent_labels``),
-        else a :class:`DataError` naming them."""
-        records, merged = resolve_equivalent_labels(records, self.class_names, self.merge_equivalent_labels)
-        if merged:
-            rank_zero_warn(f"data.merge_equivalent_labels: {merged}")
-        return records
+    def _path_column(self, name: str) -> str | None:
+        """The CSV column of image modality ``name``'s paths (None: found by id)."""
+        return self.image_columns.get(name, self.image_column if name == "image" else None)
 
     @property
     def num_classes(self) -> int:
@@ -325,77 +315,73 @@ class MultimodalDataModule(L.LightningDataModule):
         names = self.test_set_names[: len(self._test_records)]
         return {name: len(records.ids) for name, records in zip(names, self._test_records, strict=True)}
 
-    # ----------------------------------------------------------------------------- reading
-    def _read(
-        self,
-        csv_path: str,
-        image_dir: str | None,
-        text_json: str | None,
-        labels_required: bool = True,
-        split_column: str | None = None,
-        group_column: str | None = None,
-    ) -> Records:
-        """One CSV; splits and groups only matter for the main one, so test/predict CSVs need neither column."""
-        texts_from_json = read_text_json(text_json) if self.uses_text and text_json else None
-        return read_records(
-            csv_path,
-            id_column=self.id_column,
-            label_column=self.label_column,
-            labels_required=labels_required,
-            image_index=ImageIndex(image_dir) if self.uses_image else None,
-            image_column=self.image_column,
-            text_json=texts_from_json,
-            json_path=text_json if self.uses_text else None,
-            text_column=self.text_column if self.uses_text else None,
-            text_template=self.text_template if self.uses_text else None,
-            split_column=split_column,
-            group_column=group_column,
-            allow_missing=self.allow_missing,
-            sep=self.csv_sep,
-            na_values=self.na_values,
+    @property
+    def modality_specs(self) -> dict[str, dict[str, Any]]:
+        """Per modality name, its kind and the sizes its encoder needs (linked into the model by the CLI):
+        ``{"kind": "image"}``, ``{"kind": "text", "vocab_size": V}``, ``{"kind": "tabular", "num_numeric": Fn,
+        "cardinalities": [...], "features": [column, ...]}``."""
+        specs: dict[str, dict[str, Any]] = {}
+        for name, kind in self.modality_kinds.items():
+            spec: dict[str, Any] = {"kind": kind}
+            if kind == "text":
+                spec["vocab_size"] = self.vocab_size
+            elif kind == "tabular" and self.tabular is not None:
+                spec["num_numeric"] = self.tabular.num_numeric
+                spec["cardinalities"] = self.tabular.cardinalities
+                spec["features"] = self.tabular.spec.columns
+            specs[name] = spec
+        return specs
+
+    # ----------------------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """What a trained model needs from this data, as plain values (Lightning stores it in checkpoints): the
+        class names and training counts, the modalities, the text tokenizer and the tabular statistics."""
+        tokenizer = tokenizer_state(self.tokenizer) if self.tokenizer is not None else None
+        return mark(
+            {
+                "class_names": list(self.class_names),
+                "class_counts": self.class_counts,
+                "modalities": dict(self.modality_kinds),
+                "tokenizer": tokenizer,
+                "tabular": self.tabular.state_dict() if self.tabular is not None else None,
+            }
         )
 
-    def _assign_splits(self, records: Records) -> list[str]:
-        if records.splits is not None:
-            splits = splits_from_column(records.splits, records.csv_path)
-            if records.groups is not None:
-                check_groups_disjoint(splits, records.groups, records.csv_path)
-        else:
-            groups = records.groups if records.groups is not None else records.ids
-            splits = stratified_group_split(records.labels, groups, self.val_ratio, self.test_ratio, self.seed)
-        needed = ["train"] + [s for s, r in (("val", self.val_ratio), ("test", self.test_ratio)) if r > 0]
-        check_splits_present(splits, needed if records.splits is None else ["train", "val"], records.csv_path)
-        return splits
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that a checkpoint's data state (restored by Lightning with ``ckpt_path``) is the one this data
+        gives; the datasets are already built, so a difference is a :class:`ConfigError` naming it."""
+        current = self.state_dict()
+        if self.tokenizer is not None and state_dict.get("tokenizer") is not None:
+            # compare what the tokenizer does, not its serialisation
+            current["tokenizer"] = dict(self.tokenizer.get_vocab())
+            state_dict = {**state_dict, "tokenizer": dict(tokenizer_from_state(state_dict["tokenizer"]).get_vocab())}
+        check_same_state(state_dict, current)
 
     # ----------------------------------------------------------------------------- datasets
-    def _tokenize(self, texts: Sequence[str | None], name: str, source: str) -> list[list[int] | None]:
-        """Token ids per text (None stays None); counts the truncated ones in ``data_report``."""
-        present = [t for t in texts if t is not None]
-        ids = iter(self.tokenizer(present)["input_ids"] if present else [])  # the tokenizer fails on []
-        tokens = [None if t is None else next(ids) for t in texts]
-        limit = self.max_length
-        truncated = sum(len(x) > limit for x in tokens if x is not None)
-        self.data_report[f"truncated_texts/{name}"] = truncated
-        if truncated:
-            rank_zero_warn(
-                f"{truncated} of {len(present)} texts in {source} exceed max_length={limit} and were truncated"
-            )
-            ids = iter(self.tokenizer(present, truncation=True, max_length=limit)["input_ids"])
-            tokens = [None if t is None else next(ids) for t in texts]
-        return tokens
-
     def _dataset(self, records: Records, labels: Sequence[int], name: str) -> MultimodalDataset:
         train = name == "train"
         make_transform = train_transform if train and self.augment else eval_transform
-        if "image" in self.allow_missing:
-            self.data_report[f"missing_images/{name}"] = sum(p is None for p in records.image_paths)
-        if "text" in self.allow_missing:
-            self.data_report[f"missing_texts/{name}"] = sum(t is None for t in records.texts)
+        tabular = tabular_present = None
+        if self.tabular is not None:
+            tabular = self.tabular.transform(records.tabular, records.csv_path, records.rows)
+            self.data_report[f"unknown_categories/{name}"] = int((tabular.categorical == UNKNOWN).sum())
+            if "tabular" in self.allow_missing:
+                tabular_present = [not absent for absent in records.tabular_absent()]
+        for modality in self.allow_missing:
+            if modality in self.image_names:
+                missing = sum(p is None for p in records.images[modality])
+            elif modality == "text":
+                missing = sum(t is None for t in records.texts)
+            else:
+                missing = sum(not p for p in tabular_present)
+            self.data_report[f"missing_{modality}/{name}"] = missing
         return MultimodalDataset(
             ids=records.ids,
             labels=labels,
-            image_paths=records.image_paths if self.uses_image else None,
-            token_ids=self._tokenize(records.texts, name, str(records.csv_path)) if self.uses_text else None,
+            images={modality: records.images[modality] for modality in self.image_names},
+            token_ids=self._tokenize(records, name) if self.uses_text else None,
+            tabular=tabular,
+            tabular_present=tabular_present,
             transform=make_transform(self.image_size, self.mean, self.std),
             texts=records.texts if self.uses_text else None,
             csv_path=records.csv_path,
@@ -404,12 +390,25 @@ class MultimodalDataModule(L.LightningDataModule):
             on_bad_image="mark" if name == "predict" and self.on_bad_image == "skip" else self.on_bad_image,
         )
 
+    def _tokenize(self, records: Records, name: str) -> list[list[int] | None]:
+        """Token ids per text of ``records`` (None stays None); the truncated ones are warned and counted in
+        ``data_report``."""
+        tokens, truncated = tokenize(self.tokenizer, records.texts, self.max_length)
+        self.data_report[f"truncated_texts/{name}"] = truncated
+        if truncated:
+            count = sum(t is not None for t in records.texts)
+            rank_zero_warn(
+                f"{truncated} of {count} texts in {records.csv_path} exceed max_length={self.max_length} and were "
+                "truncated"
+            )
+        return tokens
+
     def setup(self, stage: str | None = None) -> None:
-        if self.uses_image and self.verify_images and not self._verified:
+        if self.image_names and self.verify_images and not self._verified:
             # Whole CSVs, not splits, so that the rows in an error are the file's lines.
             for records in (self._table, *self._test_records[1:], self._predict_records):
-                if records is not None:
-                    verify_images(records.image_paths, records.csv_path)
+                for paths in records.images.values() if records is not None else ():
+                    verify_images(paths, records.csv_path)
             self._verified = True
         if stage in ("fit", None) and "train" not in self.datasets:
             self.datasets["train"] = self._dataset(self._records["train"], self._labels["train"], "train")
@@ -431,36 +430,18 @@ class MultimodalDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        sampler = None
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if train and self.sampler == "balanced":
-            # A DistributedSampler subclass: under DDP, Lightning keeps it instead of substituting its own.
-            weights = class_balanced_weights(self._labels["train"])
-            sampler = DistributedWeightedSampler(weights, seed=self.seed)
-        elif train and distributed:
-            # Our own, so that the loader sets its epoch before the first draw (Lightning's is set after).
-            sampler = DistributedSampler(dataset, shuffle=True, seed=epoch_seed(0))
-        elif not train and distributed:
-            # The default DistributedSampler pads with duplicates, which biases evaluation metrics.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         # epochs whose batches are done: the coming epoch (Lightning resumes from a train-epoch-end checkpoint
         # with current_epoch one behind until its loop starts; a validation-end one restores the loader's state)
         epoch = self.trainer.fit_loop.epoch_progress.current.processed if train and self.trainer is not None else 0
-        loader, options = (EpochSeededLoader, {"epoch": epoch}) if train else (DataLoader, {})
-        # a served dataset may declare how it is read (see use_datasets)
-        workers = 0 if getattr(dataset, "main_process_only", False) else self.num_workers
-        collate = getattr(dataset, "collate_fn", None) or self.collate
-        return loader(
+        return make_loader(
             dataset,
+            train=train,
             batch_size=self.batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0 and not train,  # fresh workers: seeded per epoch
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=collate,
-            **options,
+            num_workers=self.num_workers,
+            collate=self.collate,
+            balanced_labels=self._labels["train"] if train and self.sampler == "balanced" else None,
+            seed=self.seed,
+            epoch=epoch,
         )
 
     def use_datasets(self, fn: Callable[[str, Dataset], Dataset] | None) -> None:
@@ -514,41 +495,3 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._data("predict"), train=False)
-
-
-class DemoDataModule(MultimodalDataModule):
-    """The embedded synthetic skin-lesion dataset, generated on first use into a cache directory.
-
-    Args:
-        root: where the dataset lives; default ``$MEDFUSION_CACHE/demo/...`` (``~/.cache/medfusion``).
-        num_samples: number of images/reports.
-        demo_image_size: side of the generated images.
-        long_tail: HAM10000-like class proportions instead of balanced classes.
-        demo_seed: seed of the generator.
-        **kwargs: any :class:`MultimodalDataModule` option (modalities, batch_size, ...).
-    """
-
-    def __init__(
-        self,
-        root: str | None = None,
-        num_samples: int = 2000,
-        demo_image_size: int = 64,
-        long_tail: bool = False,
-        demo_seed: int = 0,
-        image_size: int = 64,
-        **kwargs: Any,
-    ) -> None:
-        check_demo_options(num_samples, demo_image_size, long_tail)
-        name = f"n{num_samples}_s{demo_image_size}_seed{demo_seed}" + ("_longtail" if long_tail else "")
-        out = Path(root) if root else default_cache_dir() / name
-        ensure_demo_data(out, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed, long_tail=long_tail)
-        super().__init__(
-            csv_path=str(out / "metadata.csv"),
-            image_dir=str(out / "images"),
-            text_json=str(out / "reports.json"),
-            id_column="image_id",
-            label_column="label",
-            group_column="patient_id",
-            image_size=image_size,
-            **kwargs,
-        )

@@ -1,4 +1,5 @@
-"""The map-style dataset of (image, text, label) samples and the collate function that batches them."""
+"""The map-style dataset of samples with named modalities (images, text, tabular) and the collate function that
+batches them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.utils.data import Dataset
 
 from medfusion.data.errors import DataError, raise_for_rows, row_line
 from medfusion.data.images import DECODE_ERRORS, ImageTooLarge, load_rgb
+from medfusion.data.tabular import TabularFeatures
 
 BadImagePolicy = Literal["raise", "skip"]
 # "mark" (prediction sets under "skip"): keep the sample, with a blank image and its ``error``, so that its row in
@@ -23,16 +25,22 @@ SamplePolicy = Literal["raise", "skip", "mark"]
 
 
 class MultimodalDataset(Dataset):
-    """Samples of already validated records; images are decoded lazily, texts are pre-tokenized.
+    """Samples of already validated records, one input per modality name; images are decoded lazily, texts are
+    pre-tokenized, tabular rows pre-encoded.
 
-    A sample's ``image``/``input_ids`` is None where it has no image/text (the collate function marks it absent).
+    A sample is ``{"id", "label", "present": {name: bool}, name: input ...}``: an image modality's input is the
+    transformed image (None where absent), the ``text`` modality's its token ids (None where absent), the
+    ``tabular`` modality's ``{numeric, numeric_missing, categorical}`` row (always there; ``present`` says whether
+    the model may use it). The collate function turns absent inputs into placeholders.
 
     Args:
         ids: sample ids (the CSV id column).
         labels: class indices.
-        image_paths: one file (or None: no image) per sample, or None for text-only data.
-        token_ids: token ids per sample (special tokens included; None: no text), or None for image-only data.
-        transform: applied to the RGB PIL image.
+        images: per image modality name, one file (or None: no image) per sample.
+        token_ids: token ids per sample (special tokens included; None: no text), or None without text.
+        tabular: the encoded tabular inputs of every sample, or None without tabular data.
+        tabular_present: per sample, whether it has tabular inputs (default: all do).
+        transform: applied to the RGB PIL images.
         texts: the raw texts behind ``token_ids`` (for tables and explanations; not part of the samples).
         csv_path: the CSV the samples come from, named with ``rows`` in errors and warnings.
         rows: each sample's 0-based data row in ``csv_path``.
@@ -47,29 +55,50 @@ class MultimodalDataset(Dataset):
         self,
         ids: Sequence[str],
         labels: Sequence[int],
-        image_paths: Sequence[Path | None] | None = None,
+        images: dict[str, Sequence[Path | None]] | None = None,
         token_ids: Sequence[Sequence[int] | None] | None = None,
+        tabular: TabularFeatures | None = None,
+        tabular_present: Sequence[bool] | None = None,
         transform: Callable[[Any], torch.Tensor] | None = None,
         texts: Sequence[str | None] | None = None,
         csv_path: Path | None = None,
         rows: Sequence[int] | None = None,
         on_bad_image: SamplePolicy = "raise",
     ) -> None:
-        for name, values in (("image_paths", image_paths), ("token_ids", token_ids), ("texts", texts), ("rows", rows)):
+        images = dict(images or {})
+        sized = {f"images[{name!r}]": paths for name, paths in images.items()}
+        sized |= {"token_ids": token_ids, "texts": texts, "rows": rows, "tabular_present": tabular_present}
+        if tabular is not None:
+            sized["tabular"] = tabular
+        for name, values in sized.items():
             if values is not None and len(values) != len(ids):
                 raise ValueError(f"{name} has {len(values)} entries for {len(ids)} ids")
         if on_bad_image not in ("raise", "skip", "mark"):
             raise ValueError(f"on_bad_image must be 'raise', 'skip' or 'mark', got {on_bad_image!r}")
         self.ids = list(ids)
         self.labels = list(labels)
-        self.image_paths = image_paths
+        self.images = {name: list(paths) for name, paths in images.items()}
         self.token_ids = token_ids
+        self.tabular = tabular
+        self.tabular_present = (
+            None if tabular is None else list(tabular_present) if tabular_present is not None else [True] * len(ids)
+        )
         self.transform = transform
         self.texts = texts
         self.csv_path = csv_path
         self.rows = rows
         self.on_bad_image = on_bad_image
         self._bad: set[int] = set()  # indices whose image failed to decode (per process)
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        """The modality names of the samples and their kinds, images first."""
+        kinds = dict.fromkeys(self.images, "image")
+        if self.token_ids is not None:
+            kinds["text"] = "text"
+        if self.tabular is not None:
+            kinds["tabular"] = "tabular"
+        return kinds
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,9 +111,7 @@ class MultimodalDataset(Dataset):
                 return {**self._sample(index), "error": None}
             except _UnreadableImageError as err:
                 rank_zero_warn(f"{err}; its prediction row gets status 'error' (data.on_bad_image: skip)")
-                blank = Image.new("RGB", (8, 8))
-                sample = self._sample(index, image=blank)
-                return {**sample, "error": str(err)}
+                return {**self._sample(index, blank=True), "error": str(err)}
         for step in range(len(self)):
             candidate = (index + step) % len(self)
             if candidate in self._bad:
@@ -102,18 +129,23 @@ class MultimodalDataset(Dataset):
             "Fix: check the image files (and data.image_dir)."
         )
 
-    def _sample(self, index: int, image: Any = None) -> dict[str, Any]:
-        """Sample ``index``; ``image`` replaces the file's image when given."""
-        sample: dict[str, Any] = {"id": self.ids[index], "label": self.labels[index]}
-        if self.image_paths is not None:
-            image = self._image(index) if image is None else image
-            sample["image"] = self.transform(image) if self.transform and image is not None else image
+    def _sample(self, index: int, blank: bool = False) -> dict[str, Any]:
+        """Sample ``index``; with ``blank`` its images are blank (a sample marked as unreadable)."""
+        sample: dict[str, Any] = {"id": self.ids[index], "label": self.labels[index], "present": {}}
+        for name, paths in self.images.items():
+            image = Image.new("RGB", (8, 8)) if blank and paths[index] is not None else self._image(paths, index)
+            sample[name] = self.transform(image) if self.transform and image is not None else image
+            sample["present"][name] = paths[index] is not None
         if self.token_ids is not None:
-            sample["input_ids"] = self.token_ids[index]
+            sample["text"] = self.token_ids[index]
+            sample["present"]["text"] = self.token_ids[index] is not None
+        if self.tabular is not None:
+            sample["tabular"] = self.tabular.row(index)
+            sample["present"]["tabular"] = self.tabular_present[index]
         return sample
 
-    def _image(self, index: int) -> Any:
-        path = self.image_paths[index]  # type: ignore[index]
+    def _image(self, paths: list[Path | None], index: int) -> Any:
+        path = paths[index]
         if path is None:
             return None
         try:
@@ -131,16 +163,18 @@ class MultimodalDataset(Dataset):
                 raise_for_rows("Unreadable image file", self.csv_path, [self.rows[index]], [detail], fix)
             raise DataError(f"Unreadable image (id {self.ids[index]!r}): {detail}. Fix: {fix}") from err
 
-    def without(self, modality: Literal["image", "text"]) -> MultimodalDataset:
-        """A copy in which ``modality`` is absent for every sample (for robustness evaluation)."""
-        if (self.image_paths if modality == "image" else self.token_ids) is None:
-            raise ValueError(f"this dataset has no {modality} to remove")
+    def without(self, modality: str) -> MultimodalDataset:
+        """A copy in which ``modality`` (a name) is absent for every sample (for robustness evaluation)."""
+        if modality not in self.modalities:
+            raise ValueError(f"this dataset has no modality {modality!r} to remove (it has {list(self.modalities)})")
         dataset = copy.copy(self)
-        if modality == "image":
-            dataset.image_paths = [None] * len(self)
-        else:
+        if modality in self.images:
+            dataset.images = {**self.images, modality: [None] * len(self)}
+        elif modality == "text":
             dataset.token_ids = [None] * len(self)
             dataset.texts = None if self.texts is None else [None] * len(self)
+        else:
+            dataset.tabular_present = [False] * len(self)
         dataset._bad = set()
         return dataset
 
@@ -151,13 +185,16 @@ class _UnreadableImageError(Exception):
 
 @dataclass
 class Collate:
-    """Stack images and pad token ids to the longest text of the batch (``attention_mask`` 1 = real).
+    """Batch samples: stack images and tabular rows, pad token ids to the longest text of the batch
+    (``attention_mask`` 1 = real).
 
-    ``image_present``/``text_present`` mark which samples have each modality. An absent image becomes a zeros
-    placeholder, an absent text the ``missing_text_ids`` row (default: one pad token), attended, so that
-    shapes stay regular; models must not encode them (see ``MultimodalClassifier``). ``replaced`` (a 0-d long
-    tensor) sums the samples' ``replaced`` counts when they carry one (``on_bad_image="skip"``); ``error`` lists
-    the samples' read errors (None: read fine) when they carry one (``"mark"``).
+    The batch is ``{"id", "label", "present": {name: bool [B]}, name: input ...}``: an image modality
+    ``[B, C, H, W]``, the text ``{"input_ids", "attention_mask"}`` long ``[B, L]``, the tabular
+    ``{"numeric", "numeric_missing", "categorical"}``. An absent image becomes a zeros placeholder, an absent text
+    the ``missing_text_ids`` row (default: one pad token), attended, so that shapes stay regular; models must not
+    encode them (see ``MultimodalClassifier``). ``replaced`` (a 0-d long tensor) sums the samples' ``replaced``
+    counts when they carry one (``on_bad_image="skip"``); ``error`` lists the samples' read errors (None: read
+    fine) when they carry one (``"mark"``).
 
     Args:
         pad_token_id: the padding id.
@@ -170,30 +207,38 @@ class Collate:
     image_shape: tuple[int, int, int] | None = None
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        size = len(samples)
+        first = samples[0]
         batch: dict[str, Any] = {
             "id": [s["id"] for s in samples],
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "present": {
+                name: torch.tensor([s["present"][name] for s in samples], dtype=torch.bool) for name in first["present"]
+            },
         }
-        if "image" in samples[0]:
-            batch["image_present"] = torch.tensor([s["image"] is not None for s in samples], dtype=torch.bool)
-            batch["image"] = self._images([s["image"] for s in samples])
-        if "input_ids" in samples[0]:
-            placeholder = list(self.missing_text_ids or (self.pad_token_id,))
-            texts = [placeholder if s["input_ids"] is None else s["input_ids"] for s in samples]
-            length = max(len(t) for t in texts)
-            input_ids = torch.full((size, length), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((size, length), dtype=torch.long)
-            for row, text in enumerate(texts):
-                input_ids[row, : len(text)] = torch.as_tensor(text, dtype=torch.long)
-                attention_mask[row, : len(text)] = 1
-            batch.update(input_ids=input_ids, attention_mask=attention_mask)
-            batch["text_present"] = torch.tensor([s["input_ids"] is not None for s in samples], dtype=torch.bool)
-        if "error" in samples[0]:
+        for name in first["present"]:
+            values = [s[name] for s in samples]
+            if name == "text":
+                batch[name] = self._texts(values)
+            elif name == "tabular":
+                batch[name] = {key: torch.stack([torch.as_tensor(v[key]) for v in values]) for key in values[0]}
+            else:
+                batch[name] = self._images(values)
+        if "error" in first:
             batch["error"] = [s["error"] for s in samples]
-        if "replaced" in samples[0]:
+        if "replaced" in first:
             batch["replaced"] = torch.tensor(sum(s["replaced"] for s in samples), dtype=torch.long)
         return batch
+
+    def _texts(self, token_ids: list[Sequence[int] | None]) -> dict[str, torch.Tensor]:
+        placeholder = list(self.missing_text_ids or (self.pad_token_id,))
+        texts = [placeholder if t is None else t for t in token_ids]
+        length = max(len(t) for t in texts)
+        input_ids = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
+        for row, text in enumerate(texts):
+            input_ids[row, : len(text)] = torch.as_tensor(text, dtype=torch.long)
+            attention_mask[row, : len(text)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def _images(self, images: list[torch.Tensor | None]) -> torch.Tensor:
         present = next((image for image in images if image is not None), None)

@@ -51,8 +51,10 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_demo_options(num_samples: int, demo_image_size: int, long_tail: bool) -> None:
-    """The demo generator's minimums: a sample per class (``MIN_CLASS_COUNT`` with ``long_tail``), 16 px images."""
+def check_demo_options(num_samples: int, demo_image_size: int, long_tail: bool, views: int = 1) -> None:
+    """The demo generator's minimums: a sample per class (``MIN_CLASS_COUNT`` with ``long_tail``), 16 px images,
+    one or two views."""
+    check_option("data.views", views, views in (1, 2), "1 or 2")
     fewest = len(DEMO_CLASSES) * (MIN_CLASS_COUNT if long_tail else 1)
     check_option(
         "data.num_samples",

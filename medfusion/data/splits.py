@@ -125,3 +125,27 @@ def rare_class_warnings(
             f"splits: {named(rare)}. Fix: add rows of these classes, or merge or drop them."
         )
     return warnings
+
+
+def assign_splits(
+    splits: Sequence[str] | None,
+    labels: Sequence[str],
+    groups: Sequence[str],
+    csv_path: str | Path,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    group_column_given: bool,
+) -> list[str]:
+    """Each row's split: from the split column's values (``splits``; groups must not span two), else a stratified
+    random split by ``groups``; a :class:`DataError` when a needed split gets no row."""
+    if splits is not None:
+        assigned = splits_from_column(splits, csv_path)
+        if group_column_given:
+            check_groups_disjoint(assigned, groups, csv_path)
+        check_splits_present(assigned, ["train", "val"], csv_path)
+        return assigned
+    assigned = stratified_group_split(labels, groups, val_ratio, test_ratio, seed)
+    needed = ["train"] + [s for s, r in (("val", val_ratio), ("test", test_ratio)) if r > 0]
+    check_splits_present(assigned, needed, csv_path)
+    return assigned

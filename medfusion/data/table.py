@@ -1,4 +1,4 @@
-"""Reading a samples CSV into validated records: ids, labels, image files, texts, splits, groups."""
+"""Reading a samples CSV into validated records: ids, labels, image files, texts, tabular columns, splits, groups."""
 
 from __future__ import annotations
 
@@ -20,18 +20,21 @@ from medfusion.data.texts import collect_texts
 
 @dataclass
 class Records:
-    """Validated samples of one CSV, row-aligned. ``labels`` are class names (None where unlabelled); an
-    ``image_paths``/``texts`` entry is None where that sample has no image/text (``allow_missing``);
-    ``rows`` are the 0-based data rows of the CSV (for error messages)."""
+    """Validated samples of one CSV, row-aligned. ``labels`` are class names (None where unlabelled); ``images``
+    holds one file list per image modality name, an entry None where that sample has no such image
+    (``allow_missing``), and a ``texts`` entry is None where it has no text; ``rows`` are the 0-based data rows of
+    the CSV (for error messages, and to index ``tabular``). ``tabular`` is the CSV's tabular columns, all rows
+    (:meth:`subset` keeps the frame and narrows ``rows``), for the tabular preprocessor."""
 
     csv_path: Path
     ids: list[str]
     labels: list[str | None]
-    image_paths: list[Path | None] | None
+    images: dict[str, list[Path | None]]
     texts: list[str | None] | None
     splits: list[str] | None
     groups: list[str] | None
     rows: list[int]
+    tabular: pd.DataFrame | None = None
 
     def subset(self, rows: Sequence[int]) -> Records:
         def pick(values: list | None) -> list | None:
@@ -41,12 +44,20 @@ class Records:
             self.csv_path,
             pick(self.ids),
             pick(self.labels),
-            pick(self.image_paths),
+            {name: pick(paths) for name, paths in self.images.items()},
             pick(self.texts),
             pick(self.splits),
             pick(self.groups),
             pick(self.rows),
+            self.tabular,
         )
+
+    def tabular_absent(self) -> list[bool]:
+        """Per sample, whether every tabular cell is empty (with ``allow_missing: [tabular]``, no tabular input)."""
+        if self.tabular is None:
+            return [False] * len(self.ids)
+        empty = self.tabular.isna().all(axis=1).to_numpy()
+        return [bool(empty[r]) for r in self.rows]
 
 
 _COMMON_SEPARATORS = (",", ";", "\t", "|")
@@ -223,27 +234,36 @@ def read_records(
     label_column: str,
     labels_required: bool = True,
     image_index: ImageIndex | None,
-    image_column: str | None = None,
+    image_columns: dict[str, str | None] | None = None,
     text_json: dict[str, str] | None = None,
     json_path: str | Path | None = None,
     text_column: str | None = None,
     text_template: str | None = None,
+    tabular_columns: Sequence[str] = (),
+    categorical_columns: Sequence[str] = (),
     split_column: str | None = None,
     group_column: str | None = None,
     allow_missing: Collection[str] = (),
     sep: str = ",",
     na_values: Sequence[str] = (),
 ) -> Records:
-    """Read and validate one CSV. ``image_index=None`` skips images; no text source skips texts.
+    """Read and validate one CSV. ``image_columns`` maps each image modality name to its column of paths (None:
+    the files are found by id); ``image_index=None`` skips images; no text source skips texts;
+    ``tabular_columns`` (of which ``categorical_columns`` are read as text) are kept for the tabular
+    preprocessor.
 
     With ``labels_required=False`` (prediction CSVs) a missing label column gives unlabelled records.
-    ``allow_missing`` (``"image"``, ``"text"``) lets an empty ``image_column`` cell or a missing text mark a
-    sample without that modality (None in the records); a sample without both is still an error. ``sep`` and
-    ``na_values`` are as in :func:`read_csv`.
+    ``allow_missing`` (modality names) lets an empty image-path cell, a missing text or (``"tabular"``) a row
+    with every tabular cell empty mark a sample without that modality (None in the records); a sample without
+    any modality is still an error. ``sep`` and ``na_values`` are as in :func:`read_csv`.
     """
     csv_path = Path(csv_path).expanduser()
-    as_text = [c for c in (id_column, label_column, image_column, split_column, group_column) if c]
+    image_columns = dict(image_columns or {})
+    path_columns = [c for c in image_columns.values() if c]
+    as_text = [c for c in (id_column, label_column, *path_columns, split_column, group_column) if c]
+    as_text += [c for c in categorical_columns if c not in as_text]
     required = [c for c in as_text if c != label_column or labels_required]
+    required += [c for c in tabular_columns if c not in required]
     table = read_csv(csv_path, required, as_text, sep=sep, na_values=na_values)
     if label_column not in table.columns:
         label_column = None
@@ -254,15 +274,16 @@ def read_records(
         "Duplicated ids", csv_path, dup_rows, [f"id {ids[r]!r}" for r in dup_rows], "give every sample a unique id."
     )
     labels = _column_values(table, label_column, csv_path, "label") if label_column else [None] * len(ids)
-    image_paths = None
+    images: dict[str, list[Path | None]] = {}
     if image_index is not None:
-        keys: list[str | None] = list(ids)
-        if image_column and "image" in allow_missing:
-            keys = _optional_values(table, image_column)
-        elif image_column:
-            fix = " (or set data.allow_missing: [image] to keep samples without an image)"
-            keys = list(_column_values(table, image_column, csv_path, "image path", fix))
-        image_paths = image_index.resolve_all(keys, csv_path)
+        for name, column in image_columns.items():
+            keys: list[str | None] = list(ids)
+            if column and name in allow_missing:
+                keys = _optional_values(table, column)
+            elif column:
+                fix = f" (or set data.allow_missing: [{name}] to keep samples without this image)"
+                keys = list(_column_values(table, column, csv_path, "image path", fix))
+            images[name] = image_index.resolve_all(keys, csv_path)
     texts = None
     if any(s is not None for s in (json_path, text_column, text_template)):
         texts = collect_texts(
@@ -275,18 +296,29 @@ def read_records(
             text_template=text_template,
             allow_missing="text" in allow_missing,
         )
-    if image_paths is not None and texts is not None:
-        empty = [r for r, (p, t) in enumerate(zip(image_paths, texts, strict=True)) if p is None and t is None]
-        raise_for_rows(
-            "Samples with neither an image nor a text",
-            csv_path,
-            empty,
-            [f"id {ids[r]!r}" for r in empty],
-            "give each sample at least one of them, or remove these rows.",
-        )
-    splits = _column_values(table, split_column, csv_path, "split") if split_column else None
-    groups = _column_values(table, group_column, csv_path, "group") if group_column else None
-    return Records(csv_path, ids, labels, image_paths, texts, splits, groups, list(range(len(ids))))
+    tabular = table[list(tabular_columns)] if tabular_columns else None
+    records = Records(csv_path, ids, labels, images, texts, None, None, list(range(len(ids))), tabular)
+    _check_some_modality(records, allow_missing)
+    records.splits = _column_values(table, split_column, csv_path, "split") if split_column else None
+    records.groups = _column_values(table, group_column, csv_path, "group") if group_column else None
+    return records
+
+
+def _check_some_modality(records: Records, allow_missing: Collection[str]) -> None:
+    """A :class:`DataError` naming every row that has none of its modalities."""
+    absent = [[p is None for p in paths] for paths in records.images.values()]
+    if records.texts is not None:
+        absent.append([t is None for t in records.texts])
+    if records.tabular is not None:
+        absent.append(records.tabular_absent() if "tabular" in allow_missing else [False] * len(records.ids))
+    empty = [r for r, row in enumerate(zip(*absent, strict=True)) if all(row)]
+    raise_for_rows(
+        "Samples with none of their modalities",
+        records.csv_path,
+        empty,
+        [f"id {records.ids[r]!r}" for r in empty],
+        "give each sample at least one of them, or remove these rows.",
+    )
 
 
 def infer_class_names(labels: Sequence[str]) -> list[str]:

@@ -64,6 +64,14 @@ class TabularFeatures:
     def __len__(self) -> int:
         return self.numeric.shape[0]
 
+    def row(self, index: int) -> dict[str, np.ndarray]:
+        """Row ``index`` as a sample's tabular entry (the collate function stacks them into the batch's)."""
+        return {
+            "numeric": self.numeric[index],
+            "numeric_missing": self.numeric_missing[index],
+            "categorical": self.categorical[index],
+        }
+
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The tabular entry of a batch: ``{numeric, numeric_missing, categorical}`` as tensors."""
         return {

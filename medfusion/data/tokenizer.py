@@ -85,3 +85,17 @@ def pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
             "(tokenizer.save_pretrained(folder) writes them), or use data.tokenizer: wordpiece with an untrained model."
         )
     return tokenizer
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | None], max_length: int
+) -> tuple[list[list[int] | None], int]:
+    """Token ids per text (None stays None), truncated to ``max_length``, and how many texts were truncated."""
+    present = [t for t in texts if t is not None]
+    ids = iter(tokenizer(present)["input_ids"] if present else [])  # the tokenizer fails on []
+    tokens = [None if t is None else next(ids) for t in texts]
+    truncated = sum(len(x) > max_length for x in tokens if x is not None)
+    if truncated:
+        ids = iter(tokenizer(present, truncation=True, max_length=max_length)["input_ids"])
+        tokens = [None if t is None else next(ids) for t in texts]
+    return tokens, truncated

@@ -1,9 +1,17 @@
 """Image (timm), text (transformers) and tabular (FT-Transformer feature tokens) encoders returning
 :class:`Encoded`."""
 
-from medfusion.encoders.encoded import Encoded, encode_present
+from medfusion.encoders.encoded import Encoded, call_encoder, encode_present
 from medfusion.encoders.image import ImageEncoder
 from medfusion.encoders.tabular import TabularEncoder
 from medfusion.encoders.text import TextEncoder, tiny_bert_config
 
-__all__ = ["Encoded", "ImageEncoder", "TabularEncoder", "TextEncoder", "encode_present", "tiny_bert_config"]
+__all__ = [
+    "Encoded",
+    "ImageEncoder",
+    "TabularEncoder",
+    "TextEncoder",
+    "call_encoder",
+    "encode_present",
+    "tiny_bert_config",
+]

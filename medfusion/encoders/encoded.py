@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,18 +26,33 @@ class Encoded:
     levels: list[torch.Tensor] | None = None
 
 
+Inputs = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+def call_encoder(encoder: Callable[..., Encoded], inputs: Inputs, **wants: bool) -> Encoded:
+    """``encoder(inputs)`` for a tensor input (images), ``encoder(**inputs)`` for a dict of them (a text's
+    ``input_ids`` and ``attention_mask``, a tabular ``numeric``, ``numeric_missing`` and ``categorical``)."""
+    if isinstance(inputs, Mapping):
+        return encoder(**inputs, **wants)
+    return encoder(inputs, **wants)
+
+
 def encode_present(
-    encoder: Callable[..., Encoded], inputs: Sequence[torch.Tensor], present: torch.Tensor, **wants: bool
+    encoder: Callable[..., Encoded], inputs: Inputs, present: torch.Tensor, **wants: bool
 ) -> Encoded | None:
-    """``encoder(*inputs, **wants)`` run on the rows where ``present`` (bool ``[B]``) is True only, its outputs put
-    back in place with zeros (mask False) in the other rows; None when no row is present (the encoder never runs)."""
+    """:func:`call_encoder` on the rows where ``present`` (bool ``[B]``) is True only, its outputs put back in place
+    with zeros (mask False) in the other rows; None when no row is present (the encoder never runs)."""
     size, count = present.shape[0], int(present.sum())  # one device sync
     if count == size:
-        return encoder(*inputs, **wants)
+        return call_encoder(encoder, inputs, **wants)
     if count == 0:
         return None
     rows = present.nonzero().squeeze(1)
-    encoded = encoder(*(x.index_select(0, rows) for x in inputs), **wants)
+    if isinstance(inputs, Mapping):
+        selected: Inputs = {key: value.index_select(0, rows) for key, value in inputs.items()}
+    else:
+        selected = inputs.index_select(0, rows)
+    encoded = call_encoder(encoder, selected, **wants)
 
     def place(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.new_zeros((size, *x.shape[1:])).index_copy(0, rows, x)

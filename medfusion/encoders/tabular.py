@@ -32,7 +32,8 @@ class TabularEncoder(nn.Module):
         cardinalities: indices per categorical column, unknown and missing included (linked from the data).
         dim: token width.
         hidden: MLP width (``out_dim``).
-        num_layers: MLP blocks (``len(level_dims)``).
+        num_layers: MLP blocks (``len(level_dims)``; 3, as the image and text encoders' levels, so level fusions
+            take it as it is).
         dropout: after each block's activation.
     """
 
@@ -42,7 +43,7 @@ class TabularEncoder(nn.Module):
         cardinalities: Sequence[int],
         dim: int = 64,
         hidden: int = 256,
-        num_layers: int = 2,
+        num_layers: int = 3,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()

@@ -46,7 +46,9 @@ class HierarchicalFusion(Fusion):
         lengths = {len(d) if isinstance(d, list) else 0 for d in self.dims.values()}
         if 0 in lengths or len(lengths) != 1:
             raise ValueError(
-                f"dims must be non-empty lists of equal length (one dim per level) for every input, got {self.dims}"
+                f"dims must be non-empty lists of equal length (one dim per level) for every input, got {self.dims}. "
+                "Fix: give every encoder the same number of levels (ImageEncoder and TextEncoder num_levels, "
+                "TabularEncoder num_layers; 3 by default)."
             )
         if level_weighting not in get_args(LevelWeighting):
             raise ValueError(f"level_weighting must be one of {get_args(LevelWeighting)}, got {level_weighting!r}")

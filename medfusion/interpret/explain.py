@@ -1,23 +1,24 @@
-"""Per-sample explanations of a batch (Grad-CAM, attention, gate, routing) and their figures."""
+"""Per-sample explanations of a batch (Grad-CAM per image, attention, modality weights, routing) and their figures."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from transformers import PreTrainedTokenizerBase
 
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from medfusion.interpret.gradcam import gradcam
-from medfusion.interpret.maps import forward_maps
+from medfusion.interpret.maps import ForwardMaps, forward_maps, patch_map
 from medfusion.models.base import ClassifierModule
 
 OVERLAY_ALPHA = 0.45
@@ -27,21 +28,26 @@ OVERLAY_ALPHA = 0.45
 class Explanation:
     """Why the model predicted what it did for one sample.
 
-    ``image`` is denormalised to [0, 1] (None for text-only batches); ``cam`` is Grad-CAM of the predicted class at
-    the image resolution; ``attention`` holds one patch-grid map (see :func:`~medfusion.interpret.attention_maps`)
-    per text token: padding is always dropped, special tokens ([CLS], [SEP] ...; not [UNK]) too when a tokenizer
-    was given, and then ``tokens`` names the rows; ``gate`` is the image share of a gated fusion; ``routing`` the
-    MoE head's combine weights.
+    ``images`` holds each image modality's image, denormalised to [0, 1], and ``cams`` its Grad-CAM of the
+    predicted class at the image resolution (both by modality name, the absent ones left out). ``attention`` holds,
+    per ``"text-><image>"`` map of the fusion, one patch-grid map per text token (see
+    :func:`~medfusion.interpret.patch_attention`): padding is always dropped, special tokens ([CLS], [SEP] ...;
+    not [UNK]) too when a tokenizer was given, and then ``tokens`` names the rows. ``feature_attention`` holds, per
+    ``"<query>-><tabular>"`` map, the mean attention of the query's real tokens on each tabular feature, named by
+    ``features``. ``gate`` is each fusion input's weight (gated, hierarchical fusions); ``routing`` the MoE head's
+    combine weights.
     """
 
     id: str
     label: int | None
     probs: torch.Tensor
-    image: torch.Tensor | None = None
-    cam: torch.Tensor | None = None
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    cams: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: list[str] | None = None
-    attention: torch.Tensor | None = None
-    gate: float | None = None
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: list[str] | None = None
+    feature_attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    gate: dict[str, float] | None = None
     routing: torch.Tensor | None = None
 
     @property
@@ -50,17 +56,37 @@ class Explanation:
         return int(self.probs.argmax())
 
 
-def _token_positions(batch: dict[str, Any], tokenizer: PreTrainedTokenizerBase | None) -> list[torch.Tensor] | None:
+def _modality(model: ClassifierModule, kind: str) -> str | None:
+    """The name of the model's modality of ``kind`` (text, tabular), or None."""
+    return next((name for name, spec in model.modality_specs.items() if spec["kind"] == kind), None)
+
+
+def _token_positions(
+    batch: dict[str, Any], text: str | None, tokenizer: PreTrainedTokenizerBase | None
+) -> list[torch.Tensor] | None:
     """Per sample, the positions of its real tokens: not padding, nor the tokenizer's special tokens but [UNK]
     (an unknown word is still a word of the text)."""
-    if "input_ids" not in batch:
+    if text is None or text not in batch:
         return None
-    ids = batch["input_ids"].cpu()
-    keep = batch["attention_mask"].cpu().bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+    ids = batch[text]["input_ids"].cpu()
+    keep = batch[text]["attention_mask"].cpu().bool()
     if tokenizer is not None:
         special = sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id})
         keep &= ~torch.isin(ids, torch.tensor(special, dtype=ids.dtype))
     return [row.nonzero().squeeze(1) for row in keep]
+
+
+def _feature_attention(forward: ForwardMaps, tabular: str | None) -> dict[str, torch.Tensor]:
+    """Per ``"<query>-><tabular>"`` map, each sample's mean over the query's real tokens: ``[B, F]``."""
+    if tabular is None:
+        return {}
+    out = {}
+    for key, weights in forward.attention.items():
+        query, _, context = key.partition("->")
+        if context == tabular and query in forward.masks:
+            real = forward.masks[query].to(weights.dtype).unsqueeze(-1)  # [B, Nq, 1]
+            out[key] = ((weights * real).sum(1) / real.sum(1).clamp_min(1)).cpu()
+    return out
 
 
 def explain_batch(
@@ -70,35 +96,56 @@ def explain_batch(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> list[Explanation]:
-    """Explain every sample of ``batch`` with what applies to ``model``: probabilities always; Grad-CAM when the
-    batch has images (and the model an image encoder); attention, gate and routing when the model has them; tokens
-    when a ``tokenizer`` is given. The model works in eval mode and gets its modes back afterwards."""
+    """Explain every sample of ``batch`` with what applies to ``model``: probabilities always; Grad-CAM of every
+    image modality in the batch; attention, modality weights and routing when the model has them; tokens when a
+    ``tokenizer`` is given. A sample's absent modalities (``present`` False) get no image, map nor bar. The model
+    works in eval mode and gets its modes back afterwards."""
     forward = forward_maps(model, batch)
-    cams = gradcam(model, batch) if "image" in batch and hasattr(model, "image_encoder") else None
     probs = forward.logits.float().softmax(dim=-1).cpu()
-    images = None
-    if "image" in batch:
-        image = batch["image"].detach().float().cpu()
-        shape = (1, -1, 1, 1)
-        images = (image * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)).clamp(0, 1)
-    positions = _token_positions(batch, tokenizer)
+    flags = {name: flag.cpu().bool().tolist() for name, flag in (batch.get("present") or {}).items()}
+
+    def has(name: str, i: int) -> bool:
+        return flags[name][i] if name in flags else True
+
+    names = [name for name in model.image_modalities if name in batch]
+    cams = {name: gradcam(model, batch, modality=name) for name in names}
+    shape = (1, -1, 1, 1)
+    mean_t, std_t = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
+    images = {name: (batch[name].detach().float().cpu() * std_t + mean_t).clamp(0, 1) for name in names}
+    text, tabular = _modality(model, "text"), _modality(model, "tabular")
+    positions = _token_positions(batch, text, tokenizer)
+    strips = {name: patch_map(model, forward.attention, name, text) for name in names} if text else {}
+    on_features = _feature_attention(forward, tabular)
+    columns = model.modality_specs[tabular].get("features") if tabular else None
     labels = batch["label"].tolist() if "label" in batch else None
     explanations = []
     for i in range(len(probs)):
-        kept = None if positions is None else positions[i]
+        shown = [name for name in names if has(name, i)]
         explanation = Explanation(
             id=str(batch["id"][i]) if "id" in batch else str(i),
             label=None if labels is None else int(labels[i]),
             probs=probs[i],
-            image=None if images is None else images[i],
-            cam=None if cams is None else cams[i],
-            gate=None if forward.gate is None else float(forward.gate[i]),
+            images={name: images[name][i] for name in shown},
+            cams={name: cams[name][i] for name in shown},
+            gate=None if forward.weights is None else {name: float(w[i]) for name, w in forward.weights.items()},
             routing=None if forward.routing is None else forward.routing[i].cpu(),
         )
-        if tokenizer is not None and kept is not None:
-            explanation.tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][i].cpu()[kept].tolist())
-        if forward.attention is not None and kept is not None:
-            explanation.attention = forward.attention[i, kept.to(forward.attention.device)].cpu()
+        if positions is not None and has(text, i):
+            kept = positions[i]
+            if tokenizer is not None:
+                explanation.tokens = tokenizer.convert_ids_to_tokens(batch[text]["input_ids"][i].cpu()[kept].tolist())
+            explanation.attention = {
+                f"{text}->{name}": strips[name][i, kept.to(strips[name].device)].cpu()
+                for name in shown
+                if strips[name] is not None
+            }
+        if tabular is not None and has(tabular, i):
+            explanation.feature_attention = {
+                key: weights[i] for key, weights in on_features.items() if has(key.partition("->")[0], i)
+            }
+        if explanation.feature_attention:
+            count = next(iter(explanation.feature_attention.values())).numel()
+            explanation.features = list(columns) if columns else [f"feature {j}" for j in range(count)]
         explanations.append(explanation)
     return explanations
 
@@ -129,13 +176,16 @@ def _bar_probs(ax: Axes, explanation: Explanation, class_names: Sequence[str]) -
     ax.set_xlim(0, 1)
 
 
-def _bar_gate(ax: Axes, gate: float) -> None:
-    ax.barh([0], [gate], height=0.4, color="tab:red", label="image")
-    ax.barh([0], [1 - gate], height=0.4, left=[gate], color="tab:green", label="text")
+def _bar_gate(ax: Axes, gate: dict[str, float]) -> None:
+    """One stacked bar, a segment per fusion input (its weight), left to right in fusion order."""
+    left, colors = 0.0, colormaps["tab10"]
+    for m, (name, weight) in enumerate(gate.items()):
+        ax.barh([0], [weight], height=0.4, left=[left], color=colors(m % 10), label=f"{name} {weight:.2f}")
+        left += weight
     ax.set_xlim(0, 1)
     ax.set_ylim(-1, 1)
     ax.set_yticks([])
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=min(len(gate), 3), fontsize="small")
 
 
 def _bar_routing(ax: Axes, routing: torch.Tensor) -> None:
@@ -145,38 +195,57 @@ def _bar_routing(ax: Axes, routing: torch.Tensor) -> None:
     ax.set_ylim(0, 1)
 
 
+def _bar_features(ax: Axes, features: Sequence[str], attention: dict[str, torch.Tensor]) -> None:
+    """Grouped horizontal bars: per tabular feature, the attention each query modality puts on it."""
+    height = 0.8 / len(attention)
+    for q, (key, weights) in enumerate(attention.items()):
+        rows = [j - 0.4 + height * (q + 0.5) for j in range(len(features))]
+        ax.barh(rows, weights.tolist(), height=height, color=colormaps["tab10"](q % 10), label=key)
+    ax.set_yticks(range(len(features)), features)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0)
+    ax.legend(fontsize="small")
+
+
 def explanation_figure(explanation: Explanation, class_names: Sequence[str], max_tokens: int = 8) -> Figure:
-    """One figure for one sample: the image, its Grad-CAM overlay (titled with the true and predicted class), the
-    class probabilities, the gate and the MoE routing when present, and a strip of attention overlays for the
+    """One figure for one sample, titled with its id and its true and predicted class: each image with its
+    Grad-CAM overlay, the class probabilities, the modality weights, the MoE routing and the attention on the
+    tabular features when present, and per text-to-image attention map a strip of overlays for the
     ``max_tokens`` text tokens with the most peaked attention (highest weight on one patch)."""
     e = explanation
     if len(class_names) != len(e.probs):
         raise ValueError(f"{len(class_names)} class names for {len(e.probs)} classes")
-    true = "?" if e.label is None else class_names[e.label]
-    summary = f"true: {true} | predicted: {class_names[e.predicted]} ({e.probs[e.predicted]:.2f})"
+    true = "?" if e.label is None or e.label < 0 else class_names[e.label]
     panels: list[tuple[str, Callable[[Axes], None]]] = []
-    if e.image is not None:
-        panels.append((e.id, partial(_show_image, image=e.image)))
-    if e.cam is not None:
-        panels.append((f"Grad-CAM\n{summary}", partial(_show_image, image=e.image, heat=e.cam, vmax=1.0)))
+    for name, image in e.images.items():
+        panels.append((name, partial(_show_image, image=image)))
+        if name in e.cams:
+            panels.append((f"Grad-CAM: {name}", partial(_show_image, image=image, heat=e.cams[name], vmax=1.0)))
     panels.append(("class probabilities (* = true)", partial(_bar_probs, explanation=e, class_names=class_names)))
     if e.gate is not None:
-        panels.append((f"gate: image {e.gate:.2f} / text {1 - e.gate:.2f}", partial(_bar_gate, gate=e.gate)))
+        panels.append(("modality weights", partial(_bar_gate, gate=e.gate)))
     if e.routing is not None:
         panels.append(("MoE routing weights", partial(_bar_routing, routing=e.routing)))
-    if e.cam is None:  # then the first panel tells the prediction
-        panels[0] = (f"{panels[0][0]}\n{summary}", panels[0][1])
-    peaks: list[float] = [] if e.attention is None else e.attention.flatten(1).amax(dim=1).tolist()
-    shown = sorted(range(len(peaks)), key=lambda t: -peaks[t])[:max_tokens]
-    figure = Figure(figsize=(3.2 * max(len(panels), len(shown)), 3.6 * (2 if shown else 1)), layout="constrained")
-    top, bottom = figure.subfigures(2, 1) if shown else (figure, None)
-    for ax, (title, draw) in zip(top.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+    if e.feature_attention and e.features is not None:
+        bars = partial(_bar_features, features=e.features, attention=e.feature_attention)
+        panels.append(("attention on the tabular features", bars))
+    strips = []
+    for key, maps in e.attention.items():
+        peaks = maps.flatten(1).amax(dim=1).tolist()
+        strips.append((key, peaks, sorted(range(len(peaks)), key=lambda t: -peaks[t])[:max_tokens]))
+    strips = [strip for strip in strips if strip[2]]
+    width = max([len(panels), *(len(shown) for _, _, shown in strips)])
+    figure = Figure(figsize=(3.2 * width, 3.6 * (1 + len(strips))), layout="constrained")
+    figure.suptitle(f"{e.id} | true: {true} | predicted: {class_names[e.predicted]} ({e.probs[e.predicted]:.2f})")
+    rows = figure.subfigures(1 + len(strips), 1, squeeze=False)[:, 0] if strips else [figure]
+    for ax, (title, draw) in zip(rows[0].subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         draw(ax)
         ax.set_title(title)
-    if bottom is not None:
-        bottom.suptitle("cross-modal attention of the most focused text tokens")
-        for ax, t in zip(bottom.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
-            _show_image(ax, e.image, e.attention[t])
+    for row, (key, peaks, shown) in zip(rows[1:], strips, strict=True):
+        image = e.images.get(key.partition("->")[2])
+        row.suptitle(f"{key} attention of the most focused text tokens")
+        for ax, t in zip(row.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
+            _show_image(ax, image, e.attention[key][t])
             ax.set_title(f"{e.tokens[t] if e.tokens is not None else f'token {t}'} (max {peaks[t]:.2f})")
     return figure
 

@@ -14,7 +14,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from medfusion.encoders import ImageEncoder
-from medfusion.models.base import ClassifierModule, require
+from medfusion.models.base import ClassifierModule
+from medfusion.models.modalities import require
 
 
 @contextmanager
@@ -87,39 +88,67 @@ def gradcam_target(encoder: ImageEncoder) -> tuple[nn.Module, Callable[[torch.Te
 
 
 class _ImageToLogits(nn.Module):
-    """``image -> logits`` of a classifier on a fixed batch (what grad-cam calls)."""
+    """``image -> logits`` of a classifier on a fixed batch, the image of modality ``name`` replaced (what grad-cam
+    calls)."""
 
-    def __init__(self, model: ClassifierModule, batch: dict[str, Any]) -> None:
+    def __init__(self, model: ClassifierModule, batch: dict[str, Any], name: str) -> None:
         super().__init__()
         self.model = model
         self.batch = batch
+        self.name = name
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.predict_logits({**self.batch, "image": image})
+        return self.model.predict_logits({**self.batch, self.name: image})
 
 
-def gradcam(model: ClassifierModule, batch: dict[str, Any], targets: Sequence[int] | None = None) -> torch.Tensor:
+def _rows(value: Any, rows: torch.Tensor) -> Any:
+    """The samples ``rows`` of a batch entry: tensors and lists indexed on their first axis, dicts entry by entry."""
+    if torch.is_tensor(value) and value.ndim > 0:
+        return value[rows.to(value.device)]
+    if isinstance(value, dict):
+        return {key: _rows(item, rows) for key, item in value.items()}
+    if isinstance(value, list):
+        return [value[i] for i in rows.tolist()]
+    return value
+
+
+def gradcam(
+    model: ClassifierModule, batch: dict[str, Any], targets: Sequence[int] | None = None, modality: str | None = None
+) -> torch.Tensor:
     """Grad-CAM maps ``[B, H, W]`` in [0, 1] at the input resolution (on the CPU), each normalised to its maximum.
 
     Explains ``targets`` (one class per sample; default: the predicted class) of the logits ``predict_logits``
-    gives in eval mode, through the image encoder's :func:`gradcam_target`. Works with frozen encoders and inside
-    ``torch.no_grad()`` (not ``torch.inference_mode()``); the model's modes, ``requires_grad`` flags and ``.grad``
-    are left as they were, and no hook remains.
+    gives in eval mode, through the image encoder of ``modality`` (an image modality name; default: the model's
+    first) and its :func:`gradcam_target`. Samples without that image (``present`` False) get a zero map. Works
+    with frozen encoders and inside ``torch.no_grad()`` (not ``torch.inference_mode()``); the model's modes,
+    ``requires_grad`` flags and ``.grad`` are left as they were, and no hook remains.
     """
-    encoder = getattr(model, "image_encoder", None)
+    images = model.image_modalities
+    name = modality if modality is not None else (images[0] if images else None)
+    encoder = model.encoders[name] if name is not None and name in model.encoders else None
     if not isinstance(encoder, ImageEncoder):
-        raise ValueError(f"{type(model).__name__} has no image encoder to explain with Grad-CAM")
+        what = f"no image modality {modality!r}" if modality else "no image encoder"
+        raise ValueError(f"{type(model).__name__} has {what} to explain with Grad-CAM (image modalities: {images})")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("Grad-CAM needs gradients: call it outside torch.inference_mode() (torch.no_grad() is fine)")
-    image = require(batch, "image", type(model).__name__)
+    image = require(batch, name, type(model).__name__)
     if targets is not None and len(targets) != len(image):
         raise ValueError(f"{len(targets)} targets for a batch of {len(image)} images")
+    present = (batch.get("present") or {}).get(name)
+    if present is not None and not bool(present.all()):
+        # the encoder sees the present rows only, so Grad-CAM runs on those samples alone
+        rows = present.cpu().bool().nonzero().squeeze(1)
+        maps = torch.zeros(len(image), *image.shape[2:])
+        if len(rows):
+            chosen = None if targets is None else [targets[i] for i in rows.tolist()]
+            maps[rows] = gradcam(model, _rows(batch, rows), chosen, name)
+        return maps
     layer, reshape = gradcam_target(encoder)
     params = list(model.parameters())
     saved = [(p, p.requires_grad, p.grad) for p in params]
     with evaluating(model):
         # grad-cam's constructor puts the model in eval mode and its forward zeroes the parameters' gradients.
-        cam = GradCAM(model=_ImageToLogits(model, batch), target_layers=[layer], reshape_transform=reshape)
+        cam = GradCAM(model=_ImageToLogits(model, batch, name), target_layers=[layer], reshape_transform=reshape)
         try:
             model.requires_grad_(False)  # gradients w.r.t. activations only: they flow from the input image
             with torch.enable_grad():

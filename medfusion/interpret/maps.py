@@ -1,100 +1,152 @@
-"""What the fusion and the head did on a batch: cross-modal attention, modality gates, expert routing."""
+"""What the fusion and the head did on a batch: attention between named modalities, modality weights, routing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from medfusion.fusion import Fusion
 from medfusion.interpret.gradcam import evaluating, patch_grid
 from medfusion.models.base import ClassifierModule
 
 
 @dataclass
 class ForwardMaps:
-    """One eval forward of a batch: its logits [B, C] and, where the model has them, the attention maps
-    [B, Nt, h, w] (see :func:`attention_maps`), mean gates [B] and MoE combine weights [B, K]."""
+    """One eval forward of a batch: its ``logits`` [B, C] and, where the model has them, the pairwise attention
+    maps (see :func:`attention_maps`) with ``masks`` (bool [B, N] per fusion input, True = real token), the
+    modality ``weights`` (per fusion input name, [B]) and the MoE combine weights ``routing`` [B, K]."""
 
     logits: torch.Tensor
-    attention: torch.Tensor | None = None
-    gate: torch.Tensor | None = None
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
     routing: torch.Tensor | None = None
 
 
-def _attends(model: nn.Module) -> bool:
-    """Whether the model's fusion attends between token sequences (``input_kind`` tokens)."""
+def _fusion(model: nn.Module) -> Fusion | None:
     fusion = getattr(model, "fusion", None)
-    return fusion is not None and fusion.input_kind == "tokens"
+    return fusion if isinstance(fusion, Fusion) else None
 
 
 @contextmanager
-def _storing_attention(model: nn.Module) -> Iterator[None]:
-    """Turn the fusion's ``store_attention`` on (when it has a fusion) and restore it afterwards."""
-    fusion = getattr(model, "fusion", None)
+def _recording(fusion: Fusion | None) -> Iterator[dict[str, Any]]:
+    """Turn the fusion's ``store_attention`` on and record the named inputs and masks it gets (a forward pre-hook,
+    removed afterwards, ``store_attention`` restored); yields ``{"inputs", "masks"}`` once the forward ran."""
+    seen: dict[str, Any] = {}
     if fusion is None:
-        yield
+        yield seen
         return
+
+    def hook(module: Fusion, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        masks = kwargs.get("masks")
+        named = {key: value for key, value in kwargs.items() if key.endswith("_mask")}
+        seen["inputs"], seen["masks"] = module.named_inputs(args[0], args[1:], masks, named)
+
     previous = fusion.store_attention
     fusion.store_attention = True
+    handle = fusion.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        yield
+        yield seen
     finally:
+        handle.remove()
         fusion.store_attention = previous
 
 
-def _read_attention(model: nn.Module) -> torch.Tensor | None:
-    """The text tokens' attention over the image patches ``[B, Nt, h, w]`` from the fusion's ``attention_maps()``:
-    ``text->image`` as it is, or ``image->text`` transposed; None when the fusion kept neither."""
-    maps = model.fusion.attention_maps()
-    if "text->image" in maps:
-        weights = maps["text->image"]
-    elif "image->text" in maps:
-        weights = maps["image->text"].transpose(-1, -2)  # [B, heads, Ni, Nt] -> [B, heads, Nt, Ni]
-    else:
-        return None
-    weights = weights.float().mean(dim=1)  # average the heads: [B, Nt, Ni]
-    h, w = patch_grid(model.image_encoder, weights.shape[-1])
-    return weights.reshape(*weights.shape[:2], h, w)
+def _pairs(stored: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Head-averaged maps ``[B, Nq, Nk]`` per ``"<query>-><key>"`` pair: a map over several inputs'
+    concatenated tokens (``"text->image+tabular"``, in that order) is split into one per input; a key that names
+    no known inputs is kept whole."""
+    pairs: dict[str, torch.Tensor] = {}
+    for key, weights in stored.items():
+        weights = weights.float().mean(dim=1)
+        query, _, context = key.partition("->")
+        names = context.split("+")
+        if not all(name in counts for name in names) or sum(counts[n] for n in names) != weights.shape[-1]:
+            pairs[key] = weights
+            continue
+        for name, part in zip(names, weights.split([counts[n] for n in names], dim=-1), strict=True):
+            pairs[f"{query}->{name}"] = part
+    return pairs
 
 
 def forward_maps(model: ClassifierModule, batch: dict[str, Any]) -> ForwardMaps:
     """Run ``predict_logits`` once in eval mode without gradients, with attention storage on, and collect the
     maps; the model's modes and ``store_attention`` are restored."""
-    with evaluating(model), _storing_attention(model), torch.no_grad():
+    fusion = _fusion(model)
+    with evaluating(model), _recording(fusion) as seen, torch.no_grad():
         logits = model.predict_logits(batch)
     out = ForwardMaps(logits=logits)
-    fusion = getattr(model, "fusion", None)
-    if _attends(model):
-        out.attention = _read_attention(model)
-    weights = fusion.modality_weights() if fusion is not None else None
-    if weights is not None and "image" in fusion.names:
-        out.gate = weights[:, fusion.names.index("image")].float()
-    routing = model.head.routing()
-    if "combine" in routing:
-        out.routing = routing["combine"]
+    if fusion is None:
+        out.routing = model.head.routing().get("combine")
+        return out
+    if fusion.input_kind == "tokens" and "inputs" in seen:
+        inputs = seen["inputs"]
+        out.masks = {
+            name: torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+            for (name, x), mask in zip(inputs.items(), seen["masks"].values(), strict=True)
+        }
+        out.attention = _pairs(fusion.attention_maps(), {name: x.shape[1] for name, x in inputs.items()})
+    weights = fusion.modality_weights()
+    if weights is not None:
+        out.weights = {name: weights[:, m].float() for m, name in enumerate(fusion.names)}
+    out.routing = model.head.routing().get("combine")
     return out
 
 
-def attention_maps(model: ClassifierModule, batch: dict[str, Any]) -> torch.Tensor | None:
-    """Cross-modal attention of the fusion's last layer, head-averaged, as ``[B, Nt, h, w]`` on the patch grid.
+def patch_map(
+    model: ClassifierModule, pairs: dict[str, torch.Tensor], image: str, query: str = "text"
+) -> torch.Tensor | None:
+    """``query``'s tokens over the patches of image modality ``image``, ``[B, Nq, h, w]``, from pairwise maps
+    (:func:`attention_maps`): ``"<query>-><image>"`` as it is, else ``"<image>-><query>"`` transposed; None when
+    the fusion kept neither."""
+    if f"{query}->{image}" in pairs:
+        weights = pairs[f"{query}->{image}"]
+    elif f"{image}->{query}" in pairs:
+        weights = pairs[f"{image}->{query}"].transpose(-1, -2)  # [B, Ni, Nq] -> [B, Nq, Ni]
+    else:
+        return None
+    h, w = patch_grid(model.encoders[image], weights.shape[-1])
+    return weights.reshape(*weights.shape[:2], h, w)
 
-    The fusion's ``text->image`` map (cross-attention's default, and co-attention's text stream): row ``t`` is
-    text token ``t``'s attention over the image patches (sums to 1 over ``h, w``). Cross-attention with
-    ``queries: [image]`` keeps ``image->text`` instead: row ``t`` holds, per patch, the weight that patch gives
-    token ``t`` (each patch's weights sum to 1 over the real tokens, not over the patches). Padding rows are
-    kept; None for models without attention fusion.
+
+def attention_maps(model: ClassifierModule, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The attention fusion's last-layer maps, head-averaged, one per ``"<query>-><key>"`` pair of inputs:
+    ``[B, N_query, N_key]``; empty for models without attention fusion.
+
+    A query that attends over several inputs at once (the N-input cross- and co-attention: one softmax over the
+    other inputs' concatenated tokens) gets one map per input, its columns of that softmax: a real query token's
+    rows sum to 1 over all its pairs together, and each pair's sum is the share that input got.
     """
-    return forward_maps(model, batch).attention if _attends(model) else None
+    return forward_maps(model, batch).attention
 
 
-def gate_values(model: ClassifierModule, batch: dict[str, Any]) -> torch.Tensor | None:
-    """The image's weight per sample [B] in a fusion that weighs its inputs (gated, hierarchical:
-    ``modality_weights()``); else None."""
-    return forward_maps(model, batch).gate
+def patch_attention(
+    model: ClassifierModule, batch: dict[str, Any], image: str | None = None, query: str = "text"
+) -> torch.Tensor | None:
+    """The ``query`` tokens' attention over the patches of ``image`` (default: the first image modality),
+    head-averaged, ``[B, Nq, h, w]`` on the patch grid; None without such a map.
+
+    From ``text->image`` (cross-attention's default, co-attention's text stream), row ``t`` is text token ``t``'s
+    attention over the patches (sums to 1 over ``h, w`` with two inputs; with more, to that image's share).
+    Cross-attention with ``queries: [image]`` keeps ``image->text`` instead: row ``t`` holds, per patch, the weight
+    that patch gives token ``t`` (each patch's weights sum to 1 over the real tokens). Padding rows are kept.
+    """
+    images = model.image_modalities
+    image = image if image is not None else (images[0] if images else None)
+    if image is None:
+        return None
+    return patch_map(model, attention_maps(model, batch), image, query)
+
+
+def gate_values(model: ClassifierModule, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """Each fusion input's weight per sample ``{name: [B]}`` (in fusion order; they sum to 1 per sample) in a
+    fusion that weighs its inputs (gated, hierarchical: ``modality_weights()``); else None."""
+    return forward_maps(model, batch).weights
 
 
 def routing_weights(model: ClassifierModule, batch: dict[str, Any]) -> torch.Tensor | None:

@@ -1,11 +1,11 @@
-"""The LightningModule base shared by image-only, text-only and image+text classifiers."""
+"""The LightningModule base shared by the single-modality and multimodal classifiers."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -13,22 +13,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
-from transformers import PreTrainedTokenizerFast
 
 from medfusion.data.datamodule import MultimodalDataModule
-from medfusion.data.errors import check_option
+from medfusion.data.errors import ConfigError, check_option
+from medfusion.data.modalities import check_same_modalities
 from medfusion.heads import Head, MLPHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
 from medfusion.models.feature_cache import serve_cached_features
 from medfusion.models.guards import check_loss, check_weights
-from medfusion.runs.checkpoints import (
-    CHECKPOINT_FORMAT,
-    check_class_names,
-    check_finite,
-    plain_config,
-    tokenizer_state,
-)
+from medfusion.models.modalities import Specs, check_specs
+from medfusion.runs.checkpoints import CHECKPOINT_FORMAT, check_class_names, check_finite, plain_config
 from medfusion.tta import TTA_VIEWS, average_log_probs, check_views
 
 HeadFactory = Callable[[int, int], Head]
@@ -46,11 +41,13 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 class ClassifierModule(L.LightningModule):
     """Steps, loss, metrics and optimizer shared by every medfusion classifier.
 
-    Subclasses build their encoders, call :meth:`_build_head` with the feature size, and
-    implement :meth:`embed` (batch -> ``[B, D]`` features) and :meth:`encoders`.
+    Subclasses build :attr:`encoders` (an ``nn.ModuleDict``, one encoder per modality name), call
+    :meth:`_build_head` with the feature size, and implement :meth:`embed` (batch -> ``[B, D]`` features).
 
     Args:
         num_classes: number of classes (linked from the datamodule by the CLI).
+        modalities: the modality names and specs ``{name: {"kind": "image" | "text" | "tabular", ...sizes}}``
+            (linked from the datamodule's ``modality_specs`` by the CLI); default: the subclass's.
         class_names: class names in label order (linked; stored in checkpoints).
         class_counts: training samples per class (linked; used by class-aware losses).
         head: the classification head, called as ``head(in_dim, num_classes)``.
@@ -66,7 +63,7 @@ class ClassifierModule(L.LightningModule):
             Not with :class:`~medfusion.losses.LogitAdjustedLoss` nor a balanced sampler (double correction).
         tta: test-time augmentation views for ``test`` and ``predict`` (names from :data:`medfusion.tta.TTA_VIEWS`:
             identity, hflip, vflip, rot90, rot270, center_crop); their softmax outputs are averaged. Include
-            ``identity`` to keep the plain view. Ignored for text-only models.
+            ``identity`` to keep the plain view. Applied to every image modality at once; ignored without images.
         channels_last: keep the model and the image batches in channels-last memory layout, which tensor cores
             run faster (CNNs under 16-bit precision on recent GPUs); the results are unchanged.
         compile: compile the encoders, fusion and head with ``torch.compile`` (in place, so checkpoints keep
@@ -84,9 +81,13 @@ class ClassifierModule(L.LightningModule):
     # Sub-modules on the main path: their extra losses keep their names; others' get the module name as prefix.
     _main_modules: tuple[str, ...] = ("head", "fusion")
 
+    # the modalities when none are given (a model built in Python without data)
+    default_modalities: ClassVar[Specs] = {}
+
     def __init__(
         self,
         num_classes: int,
+        modalities: dict[str, dict[str, Any]] | None = None,
         class_names: list[str] | None = None,
         class_counts: list[int] | None = None,
         head: HeadFactory = MLPHead,
@@ -110,6 +111,8 @@ class ClassifierModule(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.save_hyperparameters()
+        self.modality_specs: Specs = check_specs(modalities or self.default_modalities)
+        self.encoders = nn.ModuleDict()  # filled by the subclass, one per modality name
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self._head_factory = head
@@ -136,17 +139,18 @@ class ClassifierModule(L.LightningModule):
         self._pretrained_loaded = False
 
     # ----------------------------------------------------------------------------- model
-    def encoders(self) -> list[nn.Module]:
-        """The encoder modules (for their learning rate, freezing and pretrained weights)."""
-        raise NotImplementedError
-
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Features ``[B, D]`` of a batch, before the head."""
         raise NotImplementedError
 
     def feature_encoders(self) -> dict[str, nn.Module]:
-        """The encoders by modality (``"image"``, ``"text"``), whose outputs a feature cache may hold."""
-        raise NotImplementedError
+        """The encoders by modality name, whose outputs a feature cache may hold."""
+        return dict(self.encoders.items())
+
+    @property
+    def image_modalities(self) -> list[str]:
+        """The names of the image modalities (test-time augmentation, Grad-CAM)."""
+        return [name for name, spec in self.modality_specs.items() if spec["kind"] == "image"]
 
     def feature_fields(self) -> dict[str, bool]:
         """Which encoder outputs the model uses besides ``pooled``: ``{"tokens": ..., "levels": ...}``."""
@@ -157,7 +161,7 @@ class ClassifierModule(L.LightningModule):
         if self.hparams.freeze_encoders:
             # eval from the start: Lightning restores each submodule's mode as it was before validation, which
             # would put frozen encoders back in training mode (BatchNorm statistics, dropout) past train() below
-            for encoder in self.encoders():
+            for encoder in self.encoders.values():
                 encoder.requires_grad_(False).eval()
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -181,28 +185,34 @@ class ClassifierModule(L.LightningModule):
         (as ``log(mean softmax)``) when configured, and the plain view's features ``[B, D]`` before the head."""
         features = self.embed(batch)
         logits = self.calibrate(self.head(features))
-        if not self.tta or "image" not in batch or getattr(self, "image_encoder", None) is None:
+        images = [name for name in self.image_modalities if name in batch]
+        if not self.tta or not images:
             return logits, features
         views = [
-            logits if name == "identity" else self.predict_logits({**batch, "image": TTA_VIEWS[name](batch["image"])})
-            for name in self.tta
+            logits
+            if view == "identity"
+            else self.predict_logits({**batch, **{name: TTA_VIEWS[view](batch[name]) for name in images}})
+            for view in self.tta
         ]
         return average_log_probs([v.float().log_softmax(-1) for v in views]), features
 
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
         if self.hparams.freeze_encoders:
-            for encoder in self.encoders():
+            for encoder in self.encoders.values():
                 encoder.eval()
         return self
 
     def extra_losses(self) -> dict[str, torch.Tensor]:
-        """Auxiliary losses of the last forward from every sub-module that has them (fusion, head)."""
+        """Auxiliary losses of the last forward from every sub-module that has them (fusion, head), also inside a
+        per-modality ``ModuleDict`` (the auxiliary heads: ``unimodal_heads_image_moe_balance``)."""
         losses: dict[str, torch.Tensor] = {}
         for name, module in self.named_children():
-            if hasattr(module, "extra_losses"):
-                prefix = "" if name in self._main_modules else f"{name}_"
-                losses.update({prefix + key: value for key, value in module.extra_losses().items()})
+            members = module.items() if isinstance(module, nn.ModuleDict) else [("", module)]
+            for key, member in members:
+                if hasattr(member, "extra_losses"):
+                    prefix = "" if name in self._main_modules else f"{name}_{key}_" if key else f"{name}_"
+                    losses.update({prefix + loss: value for loss, value in member.extra_losses().items()})
         return losses
 
     def class_aware_corrections(self) -> list[str]:
@@ -228,7 +238,7 @@ class ClassifierModule(L.LightningModule):
                 if hasattr(module, "channels_last"):  # image encoders convert their input batch
                     module.channels_last = True
         if self.hparams.compile:
-            for module in (*self.encoders(), getattr(self, "fusion", None), self.head):
+            for module in (*self.encoders.values(), getattr(self, "fusion", None), self.head):
                 if module is not None and module._compiled_call_impl is None:
                     module.compile()
 
@@ -236,11 +246,13 @@ class ClassifierModule(L.LightningModule):
         # With data.feature_cache the loaders serve the frozen encoders' cached features (Lightning builds them after
         # this hook and the datamodule's setup): refuse what caching excludes before any weights load.
         datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if isinstance(datamodule, MultimodalDataModule) and datamodule.feature_cache is not None:
-            datamodule.use_datasets(serve_cached_features(self, datamodule))
+        if isinstance(datamodule, MultimodalDataModule):
+            check_same_modalities(datamodule.modalities, list(self.encoders))
+            if datamodule.feature_cache is not None:
+                datamodule.use_datasets(serve_cached_features(self, datamodule))
         # Pretrained weights load when a fit starts, never when a model is rebuilt from a checkpoint.
         if stage == "fit" and not self._pretrained_loaded:
-            for encoder in self.encoders():
+            for encoder in self.encoders.values():
                 encoder.load_pretrained()
             self._pretrained_loaded = True
 
@@ -251,10 +263,8 @@ class ClassifierModule(L.LightningModule):
             datamodule.use_datasets(None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what using the model needs besides weights: class names and counts, and the text tokenizer, so
-        that ``test``/``predict`` work without the training data (see ``MultimodalDataModule.from_checkpoint``)."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
+        """Mark the checkpoint with its format, class names and modalities (what the data needs to use it, the
+        tokenizer and tabular statistics, is the datamodule's ``state_dict``, which Lightning stores beside)."""
         # a model built in Python holds classes and partials there: plain values keep the file weights_only-safe
         check_weights(self, checkpoint.get("state_dict", {}))
         checkpoint["hyper_parameters"] = plain_config(checkpoint.get("hyper_parameters", {}))
@@ -262,7 +272,7 @@ class ClassifierModule(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "class_names": list(self.class_names),
             "class_counts": self.hparams.class_counts,
-            "tokenizer": tokenizer_state(tokenizer) if isinstance(tokenizer, PreTrainedTokenizerFast) else None,
+            "modalities": {name: spec["kind"] for name, spec in self.modality_specs.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -275,6 +285,13 @@ class ClassifierModule(L.LightningModule):
         )
         if trained is not None:
             check_class_names(trained, self.class_names, self._trainer.ckpt_path if self._trainer else None)
+        modalities = checkpoint.get("medfusion", {}).get("modalities")
+        if modalities is not None and dict(modalities) != {n: s["kind"] for n, s in self.modality_specs.items()}:
+            raise ConfigError(
+                f"{where} was trained on the modalities {dict(modalities)} but this model has "
+                f"{ {n: s['kind'] for n, s in self.modality_specs.items()} }. Fix: use data with the checkpoint's "
+                "modalities (data.modalities and their columns), or train a new model."
+            )
         self._pretrained_loaded = True
 
     def log_data_report(self) -> None:
@@ -398,7 +415,7 @@ class ClassifierModule(L.LightningModule):
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        encoder_params = {id(p) for encoder in self.encoders() for p in encoder.parameters()}
+        encoder_params = {id(p) for encoder in self.encoders.values() for p in encoder.parameters()}
         groups = []
         for in_encoder, lr in ((True, hp.encoder_lr or hp.lr), (False, hp.lr)):
             params = [p for p in self.parameters() if p.requires_grad and (id(p) in encoder_params) == in_encoder]
@@ -430,25 +447,3 @@ def stepping_batches(trainer: L.Trainer) -> int:
     limit = trainer.limit_train_batches
     batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
     return math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs
-
-
-def require(batch: dict[str, Any], key: str, model: str) -> Any:
-    """``batch[key]`` or a clear error saying which datamodule setting provides it."""
-    if key not in batch:
-        modality = "image" if key == "image" else "text"
-        raise KeyError(f"{model} needs batch[{key!r}]: add {modality!r} to data.modalities")
-    return batch[key]
-
-
-def require_present(batch: dict[str, Any], modality: str, model: str) -> None:
-    """A clear error when some samples of the batch lack ``modality``, the only input of a single-modality model."""
-    present = batch.get(f"{modality}_present")
-    if present is None or bool(present.all()):
-        return
-    ids = batch.get("id") or list(range(len(present)))
-    absent = [sample_id for sample_id, p in zip(ids, present.tolist(), strict=True) if not p][:5]
-    raise ValueError(
-        f"{model} got samples without {'an image' if modality == 'image' else 'a text'} (ids {absent}...), its "
-        f"only input. Fix: train a MultimodalClassifier (it handles absent modalities), or drop {modality!r} "
-        "from data.allow_missing (and data.robustness off)."
-    )

@@ -42,9 +42,7 @@ if TYPE_CHECKING:
     from medfusion.data.datamodule import MultimodalDataModule
     from medfusion.models.base import ClassifierModule
 
-FORMAT_VERSION = 1
-# batch keys each modality's encoder takes, in call order
-ENCODER_INPUTS = {"image": ("image",), "text": ("input_ids", "attention_mask")}
+FORMAT_VERSION = 2
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -70,17 +68,21 @@ def encoder_settings(encoder: nn.Module) -> dict[str, Any]:
 
 
 def input_digest(dataset: MultimodalDataset, modality: str) -> str:
-    """A hash of what the encoder of ``modality`` reads from ``dataset``: per sample its image file (path, size,
-    modification time) and the transform, or its token ids."""
+    """A hash of what the encoder of ``modality`` (a name) reads from ``dataset``: per sample its image file (path,
+    size, modification time) and the transform, its token ids, or its tabular inputs and presence."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps(dataset.ids).encode())
-    if modality == "image":
+    if modality in dataset.images:
         digest.update(repr(dataset.transform).encode())
-        for path in dataset.image_paths:
+        for path in dataset.images[modality]:
             stat = os.stat(path) if path is not None else None
             digest.update(f"{path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())
-    else:
+    elif modality == "text":
         digest.update(json.dumps(dataset.token_ids).encode())
+    else:
+        for array in (dataset.tabular.numeric, dataset.tabular.numeric_missing, dataset.tabular.categorical):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(json.dumps(dataset.tabular_present).encode())
     return digest.hexdigest()
 
 
@@ -168,8 +170,9 @@ def build_store(
                         f"An image in {dataset.csv_path} failed to load while caching features; a cache must not hold "
                         "another sample's features. Fix the file (the warning names it) or drop data.feature_cache."
                     )
-                present = batch[f"{modality}_present"]
-                inputs = [batch[key].to(device) for key in ENCODER_INPUTS[modality]]
+                present = batch["present"][modality]
+                inputs = batch[modality]
+                inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
                 encoded = encode_present(encoder, inputs, present.to(device), **fields)
                 writer.write(start, present, encoded)
                 start += len(present)
@@ -268,11 +271,11 @@ def as_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class CachedFeatures(Dataset):
-    """A split as batches of cached features: ``id``, ``label``, ``<modality>_present`` and ``features``
-    (``{modality: {"pooled", "tokens", "mask", "levels"}}``), read straight from the memory maps a whole batch at
-    a time (``__getitems__``); use it with ``collate_fn=as_batch``. It declares how the datamodule's loaders read it
-    (see ``MultimodalDataModule.use_datasets``): with :func:`as_batch` and in the main process (memory maps, read a
-    batch at a time: no workers needed)."""
+    """A split as batches of cached features: ``id``, ``label``, ``present`` (``{modality: bool [B]}``) and
+    ``features`` (``{modality: {"pooled", "tokens", "mask", "levels"}}``), read straight from the memory maps a
+    whole batch at a time (``__getitems__``); use it with ``collate_fn=as_batch``. It declares how the
+    datamodule's loaders read it (see ``MultimodalDataModule.use_datasets``): with :func:`as_batch` and in the main
+    process (memory maps, read a batch at a time: no workers needed)."""
 
     collate_fn = staticmethod(as_batch)
     main_process_only = True
@@ -289,8 +292,9 @@ class CachedFeatures(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         rows = np.asarray(indices, dtype=np.int64)
         batch: dict[str, Any] = {"id": [self.ids[i] for i in rows], "label": self.labels[rows], "features": {}}
+        batch["present"] = {}
         for modality, store in self.stores.items():
-            batch[f"{modality}_present"] = torch.from_numpy(np.asarray(store.arrays["present"][rows]))
+            batch["present"][modality] = torch.from_numpy(np.asarray(store.arrays["present"][rows]))
             batch["features"][modality] = store.encoded(rows)
         return batch
 

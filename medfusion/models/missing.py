@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from medfusion.encoders import Encoded, encode_present
+from medfusion.encoders.encoded import Inputs
 
 
-def present_mask(batch: dict[str, Any], modality: str, size: int, device: torch.device) -> torch.Tensor:
-    """``batch["<modality>_present"]`` as bool ``[B]``; all True when the batch has no such flag."""
-    flag = batch.get(f"{modality}_present")
-    if flag is None:
-        return torch.ones(size, dtype=torch.bool, device=device)
-    return flag.to(device=device, dtype=torch.bool)
-
-
-def drop_modalities(
-    image_present: torch.Tensor, text_present: torch.Tensor, p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modality dropout: each sample that has both modalities loses one of them (image or text, equally
-    likely; never both) with probability ``p``. Returns the new ``(image_present, text_present)``."""
-    both = image_present & text_present
-    drop = both & (torch.rand(both.shape, device=both.device) < p)
-    image_side = torch.rand(both.shape, device=both.device) < 0.5
-    return image_present & ~(drop & image_side), text_present & ~(drop & ~image_side)
+def drop_modalities(present: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
+    """Modality dropout: each sample that has two modalities or more loses one of them (each present one equally
+    likely; never all) with probability ``p``. ``present`` maps names to bool ``[B]``; returns the new flags."""
+    names = list(present)
+    stacked = torch.stack([present[name] for name in names], dim=1)  # [B, M]
+    drop = (stacked.sum(1) >= 2) & (torch.rand(stacked.shape[0], device=stacked.device) < p)
+    # one present modality per sample, uniformly: the largest random score among the present ones
+    scores = torch.rand(stacked.shape, device=stacked.device).masked_fill(~stacked, -1.0)
+    chosen = torch.zeros_like(stacked).scatter_(1, scores.argmax(1, keepdim=True), True)
+    kept = stacked & ~(chosen & drop[:, None])
+    return {name: kept[:, i] for i, name in enumerate(names)}
 
 
 def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -71,12 +65,12 @@ class MissingModality(nn.Module):
     def encode(
         self,
         encoder: Callable[..., Encoded],
-        inputs: Sequence[torch.Tensor],
+        inputs: Inputs,
         present: torch.Tensor,
         **wants: bool,
     ) -> Encoded:
-        """``encoder(*inputs, **wants)`` run on the present rows only (not at all when none is present), with
-        the absent rows filled by the stand-ins. ``present`` is bool ``[B]``."""
+        """The encoder (see :func:`~medfusion.encoders.call_encoder`) run on the present rows only (not at all when
+        none is present), with the absent rows filled by the stand-ins. ``present`` is bool ``[B]``."""
         encoded = encode_present(encoder, inputs, present, **wants)
         return self.fill(encoded, present, tokens=wants.get("tokens", False), levels=wants.get("levels", False))
 

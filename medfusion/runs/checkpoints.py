@@ -83,7 +83,7 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
 
 # The layout of what medfusion writes into a checkpoint (state_dict keys, the "medfusion" entry). Raise it with
 # every change that an older checkpoint would not load into; there are no converters between formats.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 def check_format(checkpoint: dict[str, Any], path: str | Path) -> None:

@@ -1,0 +1,58 @@
+"""The DataModule of the embedded synthetic demo data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medfusion.data.datamodule import MultimodalDataModule
+from medfusion.data.demo import default_cache_dir, ensure_demo_data, image_columns
+from medfusion.data.options import check_demo_options
+
+
+class DemoDataModule(MultimodalDataModule):
+    """The embedded synthetic skin-lesion dataset, generated on first use into a cache directory.
+
+    Args:
+        root: where the dataset lives; default ``$MEDFUSION_CACHE/demo/...`` (``~/.cache/medfusion``).
+        num_samples: number of images/reports.
+        demo_image_size: side of the generated images.
+        long_tail: HAM10000-like class proportions instead of balanced classes.
+        demo_seed: seed of the generator.
+        views: 1 (``images/<id>.png``) or 2: a dermoscopic and a clinical image per case, the image modalities
+            ``dermoscopic`` and ``clinical`` (unless ``image_columns`` is given).
+        **kwargs: any :class:`MultimodalDataModule` option (modalities, batch_size, ...). The CSV's clinical
+            columns are ``age`` and ``ldh_u_l`` (numeric) and ``sex`` and ``site`` (categorical): pass them as
+            ``numeric_columns`` and ``categorical_columns`` for the tabular modality.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_samples: int = 2000,
+        demo_image_size: int = 64,
+        long_tail: bool = False,
+        demo_seed: int = 0,
+        views: int = 1,
+        image_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        check_demo_options(num_samples, demo_image_size, long_tail, views)
+        name = f"n{num_samples}_s{demo_image_size}_seed{demo_seed}" + ("_longtail" if long_tail else "")
+        name += f"_views{views}" if views != 1 else ""
+        out = Path(root) if root else default_cache_dir() / name
+        ensure_demo_data(
+            out, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed, long_tail=long_tail, views=views
+        )
+        if views == 2 and kwargs.get("image_columns") is None:
+            kwargs["image_columns"] = {column.removesuffix("_image"): column for column in image_columns(views)}
+        super().__init__(
+            csv_path=str(out / "metadata.csv"),
+            image_dir=str(out / "images"),
+            text_json=str(out / "reports.json"),
+            id_column="image_id",
+            label_column="label",
+            group_column="patient_id",
+            image_size=image_size,
+            **kwargs,
+        )
