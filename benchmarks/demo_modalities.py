@@ -1,9 +1,9 @@
 """Which modalities the demo needs: test macro-F1 of image+text+tabular against every pair, over seeds.
 
-    python benchmarks/demo_modalities.py [--seeds 0 1 2] [--out_dir runs/modalities] [--baselines]
-                                         [--extra ARG ...]
+    python benchmarks/demo_modalities.py [--config configs/demo_tabular.yaml] [--seeds 0 1 2]
+                                         [--out_dir runs/modalities] [--baselines] [--extra ARG ...]
 
-Each cell is one ``medfusion fit --config configs/demo_tabular.yaml --data.modalities [...]`` run with its seed
+Each cell is one ``medfusion fit --config CONFIG --data.modalities [...]`` run with its seed
 (``seed_everything``: weights, order, augmentation; the demo data, its split and the Trainer are the same for every
 cell), tested on the best checkpoint by validation macro-F1 (``test_after_fit``); ``--baselines`` adds the
 single-modality configs (``demo_image.yaml``, ``demo_text.yaml``, ``demo_tabular_only.yaml``). Finished cells are
@@ -31,18 +31,20 @@ PAIRS = (("image", "text"), ("image", "tabular"), ("text", "tabular"))
 SINGLE = {("image",): "demo_image.yaml", ("text",): "demo_text.yaml", ("tabular",): "demo_tabular_only.yaml"}
 
 
-def run_cell(modalities: tuple[str, ...], seed: int, out_dir: Path, extra: list[str]) -> dict[str, float]:
-    """The test metrics of one (modalities, seed) cell: read from its ``metrics.json``, else trained first."""
+def run_cell(config: Path, modalities: tuple[str, ...], seed: int, out_dir: Path, extra: list[str]) -> dict[str, float]:
+    """The test metrics of one (modalities, seed) cell: read from its ``metrics.json``, else trained first (the
+    single-modality baselines with their own demo configs)."""
     name = f"{'+'.join(modalities)}-s{seed}"
     metrics = out_dir / name / "version_0" / "metrics.json"
     if not metrics.is_file():
-        config = SINGLE.get(modalities, "demo_tabular.yaml")
+        if modalities in SINGLE:
+            config = ROOT / "configs" / SINGLE[modalities]
         command = [
             sys.executable,
             "-m",
             "medfusion",
             "fit",
-            f"--config={ROOT / 'configs' / config}",
+            f"--config={config}",
             f"--seed_everything={seed}",
             f"--trainer.logger.init_args.save_dir={out_dir}",
             f"--trainer.logger.init_args.name={name}",
@@ -59,6 +61,7 @@ def run_cell(modalities: tuple[str, ...], seed: int, out_dir: Path, extra: list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo_tabular.yaml"), help="image+text+tabular")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out_dir", default="runs/modalities")
     parser.add_argument("--baselines", action="store_true", help="add the single-modality models")
@@ -67,7 +70,8 @@ def main() -> None:
     out_dir = Path(args.out_dir).resolve()
     cells = [FULL, *PAIRS, *(SINGLE if args.baselines else ())]
     scores = {
-        cell: [run_cell(cell, seed, out_dir, args.extra)["test/macro_f1"] for seed in args.seeds] for cell in cells
+        cell: [run_cell(Path(args.config), cell, seed, out_dir, args.extra)["test/macro_f1"] for seed in args.seeds]
+        for cell in cells
     }
     full = statistics.mean(scores[FULL])
     seeds = " | ".join(f"seed {s}" for s in args.seeds)
