@@ -22,6 +22,9 @@ from medfusion.heads import MLPHead, MoEHead
 from medfusion.losses import CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, clip_loss, supcon_loss
 from medfusion.models import ImageClassifier, MultimodalClassifier
 
+# tiny tensors: one intra-op thread is faster than two on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LABELS_90_9_1 = [0] * 90 + [1] * 9 + [2] * 1
 
 

@@ -30,6 +30,9 @@ from medfusion.interpret import (
 )
 from medfusion.models import ImageClassifier, MultimodalClassifier, TextClassifier
 
+# tiny tensors: one intra-op thread is faster than two on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIDE = 16  # the bright square: the maps of this CNN peak ~5 px up-left of what it sees (receptive fields)
 SIZE = 48  # image size
 

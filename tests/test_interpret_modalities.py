@@ -18,6 +18,9 @@ from medfusion.fusion import FUSIONS
 from medfusion.interpret import attention_maps, explain_batch, explanation_figure, gradcam
 from medfusion.models import MultimodalClassifier
 
+# tiny tensors: one intra-op thread is faster than two on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = 64
 
 

@@ -18,6 +18,9 @@ from medfusion.fusion import FUSIONS, ConcatFusion, GatedFusion
 from medfusion.models import ImageClassifier, MultimodalClassifier, TextClassifier
 from medfusion.models.multimodal import fusion_class
 
+# tiny tensors: one intra-op thread is faster than two on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = 64
 SMALL_IMAGE = partial(ImageEncoder, "test_resnet")
 SMALL_TEXT = partial(TextEncoder, "tiny")

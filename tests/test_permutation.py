@@ -25,6 +25,9 @@ from medfusion.interpret import (
 )
 from medfusion.models import ImageClassifier, TabularClassifier
 
+# tiny tensors: one intra-op thread is faster than two on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FEATURES = ["signal", "noise", "site"]  # numeric, numeric, categorical
 SPECS = {"tabular": {"kind": "tabular", "num_numeric": 2, "cardinalities": [5], "features": FEATURES}}
 CONFIGS = Path(__file__).parents[1] / "configs"

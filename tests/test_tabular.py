@@ -18,6 +18,9 @@ from medfusion.data.tabular import MISSING, UNKNOWN, TabularPreprocessor, Tabula
 from medfusion.encoders import Encoded, encode_present
 from medfusion.encoders.tabular import TabularEncoder
 
+# tiny tensors: one intra-op thread is faster than two on a busy 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CSV = "samples.csv"
 
 

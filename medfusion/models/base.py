@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -23,19 +21,12 @@ from medfusion.metrics import classification_metrics
 from medfusion.models.feature_cache import serve_cached_features
 from medfusion.models.guards import check_loss, check_weights
 from medfusion.models.modalities import Specs, check_specs
+from medfusion.models.optim import adamw, warmup_cosine_schedule
 from medfusion.runs.checkpoints import CHECKPOINT_FORMAT, check_class_names, check_finite, plain_config
 from medfusion.tta import TTA_VIEWS, average_log_probs, check_views
 
 HeadFactory = Callable[[int, int], Head]
 LossFactory = Callable[[Sequence[int] | None], nn.Module]
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class ClassifierModule(L.LightningModule):
@@ -414,36 +405,14 @@ class ClassifierModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- optimizer
     def configure_optimizers(self) -> Any:
+        """AdamW over two learning rates (``encoder_lr`` for the encoders, ``lr`` for the rest), without weight
+        decay on biases and norm weights, with the per-step warm-up and cosine schedule unless ``constant``."""
         hp = self.hparams
-        encoder_params = {id(p) for encoder in self.encoders.values() for p in encoder.parameters()}
-        groups = []
-        for in_encoder, lr in ((True, hp.encoder_lr or hp.lr), (False, hp.lr)):
-            params = [p for p in self.parameters() if p.requires_grad and (id(p) in encoder_params) == in_encoder]
-            decay = [p for p in params if p.ndim > 1]
-            no_decay = [p for p in params if p.ndim <= 1]
-            groups += [
-                {"params": decay, "lr": lr, "weight_decay": hp.weight_decay},
-                {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-            ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        encoders = [p for encoder in self.encoders.values() for p in encoder.parameters()]
+        optimizer = adamw(self, encoders, encoder_lr=hp.encoder_lr or hp.lr, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler == "constant":
             return optimizer
-        total = max(1, stepping_batches(self.trainer))
-        factor = partial(warmup_cosine, warmup=max(1, int(hp.warmup_ratio * total)), total=total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def stepping_batches(trainer: L.Trainer) -> int:
-    """The optimizer steps of the whole fit, as ``Trainer.estimated_stepping_batches`` counts them, but from the
-    training loader's length alone: Lightning's estimate starts iterating the loader before a checkpoint's loader
-    state is restored, which would replay the wrong epoch after ``--ckpt_path`` (see ``EpochSeededLoader``)."""
-    if trainer.max_steps > 0:
-        return trainer.max_steps
-    datamodule = trainer.datamodule
-    if datamodule is None or trainer.max_epochs is None or trainer.max_epochs < 0:
-        return int(trainer.estimated_stepping_batches)
-    batches = len(datamodule.train_dataloader())
-    limit = trainer.limit_train_batches
-    batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
-    return math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine_schedule(optimizer, self.trainer, hp.warmup_ratio),
+        }
