@@ -135,3 +135,24 @@ def quiet_trainer(**options: object):
 def trainer_factory():
     """:func:`quiet_trainer`, the shared quiet Trainer of the tests that fit in Python."""
     return quiet_trainer
+
+
+@pytest.fixture(scope="session")
+def small_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 3-layer, 32-wide BERT config folder with a 64-token vocabulary: the "local path" route of TextEncoder,
+    fast enough for many fits."""
+    from transformers import BertConfig
+
+    path = tmp_path_factory.mktemp("small_bert")
+    BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ham_dm(ham_layout: HamLayout):
+    """The datamodule of the HAM10000-shaped layout (see ``data_helpers.ham_module``)."""
+    from data_helpers import ham_module
+
+    return ham_module(ham_layout)

@@ -19,21 +19,15 @@ from data_helpers import (
     build,
     check_batch,
     data_error,
-    ham_module,
     sample_rows,
     write_image,
     write_layout,
 )
 from PIL import Image
 
-from medfusion.data import Collate, ConfigError, MultimodalDataModule
+from medfusion.data import Collate, ConfigError
 from medfusion.data import TestSet as ExternalTestSet  # aliased: pytest would try to collect Test*
 from medfusion.data.images import load_rgb, to_8bit
-
-
-@pytest.fixture(scope="module")
-def ham_dm(ham_layout) -> MultimodalDataModule:
-    return ham_module(ham_layout)
 
 
 # ------------------------------------------------------------------------------------- 1. HAM10000

@@ -22,7 +22,6 @@ from data_helpers import (
     check_batch,
     data_error,
     decoded_texts,
-    ham_module,
     sample_rows,
     sample_text,
     write_image,
@@ -30,13 +29,7 @@ from data_helpers import (
 )
 from PIL import Image
 
-from medfusion.data import MultimodalDataModule
 from medfusion.data.texts import render_template
-
-
-@pytest.fixture(scope="module")
-def ham_dm(ham_layout) -> MultimodalDataModule:
-    return ham_module(ham_layout)
 
 
 # ------------------------------------------------------------------------------------- 1. HAM10000

@@ -11,27 +11,19 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from data_helpers import (
     HAM_CLASSES,
     all_ids,
     build,
     data_error,
     ham_datamodule,
-    ham_module,
     ham_split_of,
     sample_rows,
     write_layout,
 )
 
-from medfusion.data import MultimodalDataModule
 from medfusion.data.splits import stratified_group_split
 from medfusion.data.table import infer_class_names
-
-
-@pytest.fixture(scope="module")
-def ham_dm(ham_layout) -> MultimodalDataModule:
-    return ham_module(ham_layout)
 
 
 # ------------------------------------------------------------------------------------- 1. HAM10000

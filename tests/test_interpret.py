@@ -9,7 +9,6 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from transformers import BertConfig
 
 from medfusion.data import Collate
 from medfusion.data.tokenizer import build_tokenizer
@@ -134,15 +133,6 @@ def test_gradcam_on_a_vit_leaves_no_hook() -> None:
 
 
 VOCAB = 64
-
-
-@pytest.fixture(scope="module")
-def small_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("small_bert")
-    BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
-    ).save_pretrained(path)
-    return str(path)
 
 
 def multimodal(small_bert: str, fusion: str | partial, vocab_size: int = VOCAB, **kwargs) -> MultimodalClassifier:

@@ -9,7 +9,6 @@ from functools import partial
 import pandas as pd
 import pytest
 import torch
-from transformers import BertConfig
 
 from medfusion.callbacks.samples import prediction_table, tabular_text
 from medfusion.data import Collate, DemoDataModule
@@ -22,15 +21,6 @@ from medfusion.models import MultimodalClassifier
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB = 64
-
-
-@pytest.fixture(scope="module")
-def small_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("small_bert")
-    BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
-    ).save_pretrained(path)
-    return str(path)
 
 
 FEATURES = ["age", "ldh", "sex", "site"]  # the tabular modality of the tests below: 2 numeric, 2 categorical

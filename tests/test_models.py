@@ -9,7 +9,6 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import BertConfig
 
 import medfusion.models
 from medfusion.data import Collate
@@ -96,17 +95,6 @@ def test_multimodal_classifier_learns_a_task_that_needs_both() -> None:
     # each modality alone can reach 50% at most; the label is the pair of bits
     accuracy = fit_and_score(model, toy_samples(), lambda image_bit, text_bit: 2 * image_bit + text_bit, epochs=8)
     assert accuracy > 0.9
-
-
-@pytest.fixture(scope="module")
-def small_bert(tmp_path_factory) -> str:
-    """A 3-layer, 32-wide BERT config folder: the "local path" route, and fast enough for 9 fits."""
-    path = tmp_path_factory.mktemp("small_bert")
-    config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
-    )
-    config.save_pretrained(path)
-    return str(path)
 
 
 @pytest.mark.parametrize("name", FUSIONS.names())
