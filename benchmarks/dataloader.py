@@ -1,16 +1,23 @@
-"""Samples/s the demo DataModule delivers with 0, 1 and 2 loader workers, against what a training step consumes.
+"""Samples/s the DataModules deliver with 0, 1 and 2 loader workers, against what a training step consumes.
 
-    python benchmarks/dataloader.py [--device cpu|cuda] [--batch_size B] [--workers 0 1 2] [--batches N]
-                                    [--repeats R] [--steps S] [--threads T]
+    python benchmarks/dataloader.py [--scenario demo|ham224] [--device cpu|cuda] [--batch_size B]
+                                    [--workers 0 1 2] [--batches N] [--repeats R] [--steps S] [--threads T]
+                                    [--num_images N]
 
-Delivered: ``DemoDataModule`` as ``configs/demo.yaml`` sets it up (64 x 64 images, augmentation on, batch 64), its
-training loader iterated for ``--batches`` batches per worker count (at most one epoch, so the workers start once).
-The wait for the first batch is reported apart as start-up (worker processes, first decodes), samples/s are over
-the batches after it. The worker counts are measured round-robin, ``--repeats`` times; medians are reported.
+``--scenario demo`` (default): ``DemoDataModule`` as ``configs/demo.yaml`` sets it up (64 x 64 images, augmentation
+on, batch 64), against a training step of the demo model (ResNet-18 + tiny BERT, concat fusion, MLP head,
+fusion_dim 256) with its encoders trained and frozen (fusion + head only).
 
-Consumed: samples/s of a training step (forward, loss, backward, AdamW step) of the demo model (ResNet-18 + tiny
-BERT, concat fusion, MLP head, fusion_dim 256) on batches loaded beforehand, with its encoders trained and frozen
-(fusion + head only), from the median step time after ``--warmup`` steps, the two settings taken in turn.
+``--scenario ham224``: ``--num_images`` generated 600 x 450 JPEGs (HAM10000's size and quality, textured) read by
+``MultimodalDataModule`` at 224 px with augmentation (image only, batch 32), from the files and from the
+decoded-image cache (``data.image_cache``; its one-off build is timed apart), against a ResNet-50 training step
+(timm, random weights, AdamW). ``vs files`` is each source's rate over the files' rate with the same workers.
+
+Delivered: the training loader iterated for ``--batches`` batches per worker count (at most one epoch, so the
+workers start once). The wait for the first batch is reported apart as start-up (worker processes, first decodes),
+samples/s are over the batches after it. The worker counts are measured round-robin, ``--repeats`` times; medians
+are reported. Consumed: samples/s of a training step (forward, loss, backward, AdamW step) on batches loaded
+beforehand, from the median step time after ``--warmup`` steps.
 
 Ratio = delivered / consumed: >= 1 means the loader keeps up with the model. Both are measured alone: in training
 the loader's workers (or, with 0 workers, the loading itself) share the CPU with the step, so on a machine with
@@ -22,15 +29,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from overhead import build_model  # the same demo model (benchmarks/ is on the path when a script runs)
+from verify_images import write_jpegs  # HAM10000-like JPEGs
 
-from medfusion.data import DemoDataModule
+from medfusion.data import DemoDataModule, MultimodalDataModule
 
 Batch = dict[str, Any]
 SEED = 0
@@ -73,10 +84,78 @@ class Trainee:
         return time.perf_counter() - start
 
 
+def ham_jpegs(folder: Path, count: int) -> Path:
+    """``count`` HAM10000-like JPEGs under ``folder/images`` and their ``samples.csv`` (7 classes)."""
+    paths = write_jpegs(folder / "images", count, progressive=False)
+    with open(folder / "samples.csv", "w") as f:
+        f.write("image_id,dx\n")
+        for i, path in enumerate(paths):
+            f.write(f"{path.stem},{'abcdefg'[i % 7]}\n")
+    return folder / "samples.csv"
+
+
+def resnet50_samples_per_s(batch: Batch, device: torch.device, warmup: int, steps: int) -> float:
+    """Samples/s of a ResNet-50 training step on ``batch`` (its images and labels)."""
+    torch.manual_seed(SEED)
+    model = timm.create_model("resnet50", pretrained=False, num_classes=7).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images, labels = batch["image"].to(device), batch["label"].to(device)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return len(labels) / statistics.median(times)
+
+
+def ham224(opts: argparse.Namespace, device: torch.device) -> None:
+    """The 224 px scenario: files vs the decoded-image cache, against a ResNet-50 step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        csv_path = ham_jpegs(root, opts.num_images)
+        options = dict(csv_path=str(csv_path), image_dir=str(root / "images"), label_column="dx", image_size=224,
+                       batch_size=opts.batch_size, val_ratio=0.05, test_ratio=0.05, cache=False)  # fmt: skip
+        sources = {"files": MultimodalDataModule(**options)}
+        sources["image cache"] = MultimodalDataModule(**options, image_cache=str(root / "cache"))
+        build_start = time.perf_counter()
+        for dm in sources.values():
+            dm.setup("fit")
+        build = time.perf_counter() - build_start
+        epoch = len(sources["files"].train_dataloader())
+        batches = min(opts.batches, epoch - 1)
+        rate: dict[tuple[str, int], list[float]] = {}
+        for _ in range(opts.repeats):
+            for name, dm in sources.items():
+                for workers in opts.workers:
+                    rate.setdefault((name, workers), []).append(delivery(dm, workers, batches)[1])
+        sources["files"].num_workers = 0
+        batch = next(iter(sources["files"].train_dataloader()))
+        consumed = resnet50_samples_per_s(batch, device, opts.warmup, opts.steps)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"224 px loading vs a ResNet-50 training step: torch {torch.__version__}, model on {where},", end="")
+    print(f" {os.cpu_count()} CPUs; {opts.num_images} JPEGs of 600 x 450, batch {opts.batch_size}, augment on")
+    print(f"setting up both (the image check, and building the decoded-image cache once): {build:.1f} s")
+    print(f"consumed: ResNet-50 training step, {consumed:,.1f} samples/s")
+    print("\n| source | workers | delivered samples/s | vs files | delivered / consumed |")
+    print("|---|---:|---:|---:|---:|")
+    for (name, workers), rates in rate.items():
+        delivered = statistics.median(rates)
+        files = statistics.median(rate[("files", workers)])
+        print(f"| {name} | {workers} | {delivered:,.0f} | {delivered / files:.2f} | {delivered / consumed:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=["demo", "ham224"], default="demo")
+    parser.add_argument("--num_images", type=int, default=256, help="ham224: JPEGs to generate")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model trains")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 64 (demo), 32 (ham224)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per loader run (after the first)")
     parser.add_argument("--repeats", type=int, default=3, help="loader runs per worker count (median reported)")
@@ -91,6 +170,11 @@ def main() -> None:
     device = torch.device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
+    if opts.scenario == "ham224":
+        opts.batch_size = opts.batch_size or 32
+        ham224(opts, device)
+        return
+    opts.batch_size = opts.batch_size or 64
 
     torch.manual_seed(SEED)
     dm = DemoDataModule(batch_size=opts.batch_size)  # as in configs/demo.yaml: augment on, 64 x 64 images

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from medfusion.data import DataError
-from medfusion.data.images import verify_images
+from medfusion.data.verify import verify_images
 
 
 def write_jpegs(folder: Path, count: int, progressive: bool) -> list[Path]:

@@ -41,8 +41,8 @@ class Recorder(Logger):
         self.metrics.append(dict(metrics))
 
 
-def corrupt(path: Path) -> None:
-    path.write_bytes(np.random.default_rng(0).bytes(300))
+def corrupt(path: str | Path) -> None:
+    Path(path).write_bytes(np.random.default_rng(0).bytes(300))
 
 
 def image_module(tmp_path: Path, **kwargs) -> MultimodalDataModule:

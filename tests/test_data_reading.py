@@ -48,7 +48,7 @@ def test_ham_ids_without_extension_resolve_to_jpg_in_both_parts(ham_dm, ham_layo
     paths = {}
     for split in ("train", "val", "test"):
         records = ham_dm._records[split]
-        paths.update(zip(records.ids, records.images["image"], strict=True))
+        paths.update(zip(records.ids, map(Path, records.images["image"]), strict=True))
     assert set(paths) == set(ham_layout.table["image_id"])
     for image_id, path in paths.items():
         assert path.suffix == ".jpg" and path.stem == image_id and path.is_file()
@@ -134,7 +134,7 @@ def test_image_lookup_by_relative_path_name_and_absolute_path(tmp_path: Path) ->
     dm = build(layout, csv_path=str(tmp_path / "csv" / "samples.csv"), image_column="file")
     for split in ("train", "val", "test"):
         records = dm._records[split]
-        for image_id, path in zip(records.ids, records.images["image"], strict=True):
+        for image_id, path in zip(records.ids, map(Path, records.images["image"]), strict=True):
             assert path.name == f"{image_id}.png" and path.parent.name.startswith("part_")
 
 

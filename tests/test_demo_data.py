@@ -214,5 +214,6 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("MEDFUSION_CACHE", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c" / "demo"
     monkeypatch.delenv("MEDFUSION_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "medfusion" / "demo"

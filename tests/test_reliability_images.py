@@ -15,9 +15,10 @@ from data_helpers import Layout, build, data_error, sample_rows, write_image, wr
 from PIL import Image
 
 from medfusion.data import ConfigError, DataError
-from medfusion.data.images import ImageIndex, check_jpeg, load_rgb, verify_images
+from medfusion.data.images import ImageIndex, check_jpeg, load_rgb
 from medfusion.data.texts import read_text_json
 from medfusion.data.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from medfusion.data.verify import verify_images
 
 
 def line(row: int) -> str:
@@ -84,9 +85,9 @@ def test_symlink_to_a_file_inside_image_dir_is_fine(tmp_path: Path) -> None:
     (layout.image_dir / "s004.png").symlink_to(Path("originals") / "s004.png")  # relative link, inside
     index = ImageIndex(layout.image_dir)
     # "s004" now names the link (top level) before the original (a subfolder): one file, and it stays inside.
-    assert index.candidates("s004") == [layout.image_dir.resolve() / "s004.png"]
+    assert index.candidates("s004") == [str(layout.image_dir.resolve() / "s004.png")]
     paths = index.resolve_all(["s004", "originals/s004.png", "s005"], layout.csv_path)
-    assert paths[0].resolve() == paths[1] == original.resolve()
+    assert Path(paths[0]).resolve() == Path(paths[1]) == original.resolve()
     build(layout).setup("fit")
 
 
@@ -124,7 +125,7 @@ def test_same_stem_twice_in_one_folder_is_ambiguous(tmp_path: Path) -> None:
     csv_path = with_file_column(layout, {2: "s002.jpg"}, tmp_path / "csv")
     dm = build(layout, csv_path=str(csv_path), image_column="file")
     paths = {
-        i: p
+        i: Path(p)
         for s in ("train", "val", "test")
         for i, p in zip(dm._records[s].ids, dm._records[s].images["image"], strict=True)
     }

@@ -11,9 +11,11 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from medfusion.data.cache_dir import cache_root
 from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
+from medfusion.data.distributed import once_per_job
 from medfusion.data.errors import DataError
-from medfusion.data.images import verify_images
+from medfusion.data.image_cache import CachedImages, image_entry
 from medfusion.data.loaders import SamplerKind, make_loader
 from medfusion.data.modalities import check_allow_missing, resolve_modalities
 from medfusion.data.options import check_data_options
@@ -22,8 +24,10 @@ from medfusion.data.state import check_same_state, find_data_state, mark
 from medfusion.data.table import Records, label_indices
 from medfusion.data.tabular import UNKNOWN, TabularPreprocessor, TabularSpec
 from medfusion.data.test_sets import TestSet
-from medfusion.data.tokenizer import WORDPIECE, build_tokenizer, tokenize
-from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from medfusion.data.token_ids import TokenIds
+from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
+from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cached_transform, eval_transform, train_transform
+from medfusion.data.verify import VerifiedFiles, verify_images
 from medfusion.runs.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state, tokenizer_state
 
 
@@ -91,7 +95,12 @@ class MultimodalDataModule(L.LightningDataModule):
         augment: random crops, flips and colour jitter in training.
         mean: normalisation mean (ImageNet by default, as timm's pretrained weights expect).
         std: normalisation std.
-        verify_images: decode-check every image file in :meth:`setup`.
+        verify_images: decode-check every image file in :meth:`setup` (once per job: on rank zero under DDP; over
+            worker processes when there are many; files that passed in an earlier run and are unchanged since, by
+            path, size and modification time, are skipped when ``cache`` is on).
+        cache: reuse across runs what depends only on unchanged files (today the image check's record), kept in
+            ``cache_dir``.
+        cache_dir: where ``cache`` keeps it; default ``$MEDFUSION_CACHE``, else ``~/.cache/medfusion``.
         on_bad_image: an image that fails to decode while batches are loaded (corrupted after the check, or
             ``verify_images: false``): ``"raise"`` a :class:`DataError` naming the file and CSV line, or ``"skip"``:
             replace the sample by the next one that loads, warn naming the file once, and count the replacements
@@ -118,6 +127,11 @@ class MultimodalDataModule(L.LightningDataModule):
             nothing itself (data knows no model): a medfusion model in a Trainer serves the features through
             :meth:`use_datasets`; without a Trainer call ``cached_features(model, datamodule, name)`` of the
             models layer's ``feature_cache`` module.
+        image_cache: a directory (e.g. ``~/.cache/medfusion/images``) for the decoded-image cache: each image
+            decoded, resized and centre-cropped to ``image_size`` once (uint8, memory-mapped, keyed by every file's
+            path, size and modification time and the size; once per job under DDP), then read by every epoch and run
+            instead of its file. Evaluation inputs are exactly the uncached ones; ``augment`` then crops within the
+            cached square (see ``data/image_cache.py``). Needs ``3 x image_size^2`` bytes per image on disk.
         sampler: training order: ``"shuffle"`` (each sample once per epoch) or ``"balanced"`` (as many
             draws per epoch as training samples, with replacement, each class equally likely; seeded by
             ``seed`` and the epoch; DDP ranks share one draw). Do not combine ``"balanced"`` with a
@@ -156,6 +170,8 @@ class MultimodalDataModule(L.LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         verify_images: bool = True,
+        cache: bool = True,
+        cache_dir: str | None = None,
         on_bad_image: BadImagePolicy = "raise",
         tokenizer: str = WORDPIECE,
         vocab_size: int = 2000,
@@ -165,6 +181,7 @@ class MultimodalDataModule(L.LightningDataModule):
         sampler: SamplerKind = "shuffle",
         from_checkpoint: str | None = None,
         feature_cache: str | None = None,
+        image_cache: str | None = None,
     ) -> None:
         super().__init__()
         check_data_options(
@@ -184,7 +201,7 @@ class MultimodalDataModule(L.LightningDataModule):
                 "data.augment (random crops and flips change every epoch). Fix: set data.augment: false, or drop "
                 "data.feature_cache to train with augmentation."
             )
-        self.feature_cache = feature_cache
+        self.feature_cache, self.image_cache = feature_cache, image_cache
         self._serve: Callable[[str, Dataset], Dataset] | None = None  # see use_datasets
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
@@ -193,6 +210,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.val_ratio, self.test_ratio, self.seed = val_ratio, test_ratio, seed
         self.image_size, self.augment, self.mean, self.std = image_size, augment, mean, std
         self.verify_images, self.max_length = verify_images, max_length
+        self.cache, self.cache_dir = cache, cache_dir
         if on_bad_image not in ("raise", "skip"):
             raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
         self.on_bad_image = on_bad_image
@@ -376,6 +394,8 @@ class MultimodalDataModule(L.LightningDataModule):
                 missing = sum(not p for p in tabular_present)
             self.data_report[f"missing_{modality}/{name}"] = missing
         return MultimodalDataset(
+            cached=self._cached_images(records, name),
+            cached_transform=cached_transform(self.image_size, train and self.augment, self.mean, self.std),
             ids=records.ids,
             labels=labels,
             images={modality: records.images[modality] for modality in self.image_names},
@@ -390,10 +410,25 @@ class MultimodalDataModule(L.LightningDataModule):
             on_bad_image="mark" if name == "predict" and self.on_bad_image == "skip" else self.on_bad_image,
         )
 
-    def _tokenize(self, records: Records, name: str) -> list[list[int] | None]:
-        """Token ids per text of ``records`` (None stays None); the truncated ones are warned and counted in
-        ``data_report``."""
-        tokens, truncated = tokenize(self.tokenizer, records.texts, self.max_length)
+    def _cached_images(self, records: Records, name: str) -> dict[str, CachedImages]:
+        """With ``image_cache``, each image modality's entry for ``records`` (built on rank zero, once per job)."""
+        if self.image_cache is None or not self.image_names:
+            return {}
+        directory, size = self.image_cache, self.image_size
+
+        def build() -> dict[str, str]:
+            what = "{} images of the " + name + " set"
+            return {
+                m: str(image_entry(directory, m, records.images[m], size, what.format(m))) for m in self.image_names
+            }
+
+        return {m: CachedImages.open(Path(folder)) for m, folder in once_per_job(self.trainer, build).items()}
+
+    def _tokenize(self, records: Records, name: str) -> TokenIds:
+        """Token ids per text of ``records`` (None stays None), computed as samples are read; the truncated ones
+        are counted now, warned and put in ``data_report``."""
+        tokens = TokenIds(self.tokenizer, records.texts, self.max_length)
+        truncated = tokens.count_truncated(f"counting texts over max_length in the {name} set")
         self.data_report[f"truncated_texts/{name}"] = truncated
         if truncated:
             count = sum(t is not None for t in records.texts)
@@ -405,10 +440,7 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.image_names and self.verify_images and not self._verified:
-            # Whole CSVs, not splits, so that the rows in an error are the file's lines.
-            for records in (self._table, *self._test_records[1:], self._predict_records):
-                for paths in records.images.values() if records is not None else ():
-                    verify_images(paths, records.csv_path)
+            once_per_job(self.trainer, self._verify)
             self._verified = True
         if stage in ("fit", None) and "train" not in self.datasets:
             self.datasets["train"] = self._dataset(self._records["train"], self._labels["train"], "train")
@@ -427,6 +459,13 @@ class MultimodalDataModule(L.LightningDataModule):
             records = self._predict_records or self._records["test"]
             unlabelled = [-1] * len(records.ids)
             self.datasets["predict"] = self._dataset(records, unlabelled, "predict")
+
+    def _verify(self) -> None:
+        """Decode-check every image file: whole CSVs, not splits, so that the rows in an error are the file's lines."""
+        cache = VerifiedFiles(cache_root(self.cache_dir)) if self.cache else None
+        for records in (self._table, *self._test_records[1:], self._predict_records):
+            for paths in records.images.values() if records is not None else ():
+                verify_images(paths, records.csv_path, cache)
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:

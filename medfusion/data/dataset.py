@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from medfusion.data.errors import DataError, raise_for_rows, row_line
+from medfusion.data.image_cache import CachedImages
 from medfusion.data.images import DECODE_ERRORS, ImageTooLarge, load_rgb
 from medfusion.data.tabular import TabularFeatures
 
@@ -25,8 +26,9 @@ SamplePolicy = Literal["raise", "skip", "mark"]
 
 
 class MultimodalDataset(Dataset):
-    """Samples of already validated records, one input per modality name; images are decoded lazily, texts are
-    pre-tokenized, tabular rows pre-encoded.
+    """Samples of already validated records, one input per modality name; images are decoded and texts tokenized as
+    samples are read (``token_ids`` may be a lazy :class:`~medfusion.data.token_ids.TokenIds`), tabular rows are
+    pre-encoded.
 
     A sample is ``{"id", "label", "present": {name: bool}, name: input ...}``: an image modality's input is the
     transformed image (None where absent), the ``text`` modality's its token ids (None where absent), the
@@ -49,6 +51,9 @@ class MultimodalDataset(Dataset):
             sample gets ``replaced=1`` (0 otherwise) and a warning names the file the first time; a
             :class:`DataError` when no sample loads. ``"mark"`` keeps the sample with a blank image and the reason
             in its ``error`` (prediction sets: every requested id gets a row).
+        cached: per image modality name, its decoded-image cache entry (images stored there are read from it, the
+            others from their files).
+        cached_transform: applied to the uint8 images read from ``cached`` instead of ``transform``.
     """
 
     def __init__(
@@ -64,6 +69,8 @@ class MultimodalDataset(Dataset):
         csv_path: Path | None = None,
         rows: Sequence[int] | None = None,
         on_bad_image: SamplePolicy = "raise",
+        cached: dict[str, CachedImages] | None = None,
+        cached_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         images = dict(images or {})
         sized = {f"images[{name!r}]": paths for name, paths in images.items()}
@@ -88,6 +95,8 @@ class MultimodalDataset(Dataset):
         self.csv_path = csv_path
         self.rows = rows
         self.on_bad_image = on_bad_image
+        self.cached = dict(cached or {})
+        self.cached_transform = cached_transform
         self._bad: set[int] = set()  # indices whose image failed to decode (per process)
 
     @property
@@ -133,12 +142,16 @@ class MultimodalDataset(Dataset):
         """Sample ``index``; with ``blank`` its images are blank (a sample marked as unreadable)."""
         sample: dict[str, Any] = {"id": self.ids[index], "label": self.labels[index], "present": {}}
         for name, paths in self.images.items():
-            image = Image.new("RGB", (8, 8)) if blank and paths[index] is not None else self._image(paths, index)
-            sample[name] = self.transform(image) if self.transform and image is not None else image
+            pixels = self.cached[name].image(index) if name in self.cached and paths[index] is not None else None
+            if pixels is not None and not blank:
+                sample[name] = self.cached_transform(pixels) if self.cached_transform else pixels
+            else:
+                image = Image.new("RGB", (8, 8)) if blank and paths[index] is not None else self._image(paths, index)
+                sample[name] = self.transform(image) if self.transform and image is not None else image
             sample["present"][name] = paths[index] is not None
         if self.token_ids is not None:
             sample["text"] = self.token_ids[index]
-            sample["present"]["text"] = self.token_ids[index] is not None
+            sample["present"]["text"] = sample["text"] is not None
         if self.tabular is not None:
             sample["tabular"] = self.tabular.row(index)
             sample["present"]["tabular"] = self.tabular_present[index]

@@ -1,4 +1,5 @@
-"""Finding image files for CSV ids under ``image_dir``, checking that they decode, and loading them as RGB."""
+"""Finding image files for CSV ids under ``image_dir``, checking that a JPEG decodes to its end, and loading images
+as RGB (the up-front check of every file is in :mod:`medfusion.data.verify`)."""
 
 from __future__ import annotations
 
@@ -6,56 +7,82 @@ import io
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from medfusion.data.errors import DataError, raise_for_rows
+from medfusion.runs.progress import track
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # What PIL raises for a file it cannot decode (UnidentifiedImageError and truncated data are OSErrors).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
-_TOO_LARGE_FIX = "downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS in your own code if you trust the file."
+TOO_LARGE_FIX = "downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS in your own code if you trust the file."
 
 
 class ImageIndex:
     """Every image file under ``root`` (recursively), found by relative path with or without
     extension, or by bare file name or stem (HAM10000 ships ``part_1/`` and ``part_2/``).
     An absolute path is accepted when it lies inside ``root``; a file is accepted only when what it
-    resolves to (through symlinks) lies inside ``root`` too."""
+    resolves to (through symlinks) lies inside ``root`` too.
+
+    Built for a million files: paths are strings (``Path`` objects cost ~0.5 KB each), folders are
+    read with ``os.scandir`` (no ``stat`` per file), only files that are symlinks are resolved, and
+    the tables by path without extension, by stem and by name are built on first need."""
 
     def __init__(self, root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"image_dir {self.root} does not exist or is not a directory. Fix: set data.image_dir.")
+        self._prefix = os.path.join(str(self.root), "")
         suffixes = {e.lower() for e in extensions}
-        self._by_path: dict[str, Path] = {}
+        self._links: set[str] = set()  # files that are symlinks (absolute paths)
+        found = track(self._walk(suffixes), description=f"indexing {self.root}", unit="image files")
+        self._by_path: dict[str, str] = dict(found)  # relative path -> absolute path
         # Each of these may name several files (a.png and a.jpg; part_1/a.jpg and part_2/a.jpg): ambiguous.
-        self._by_key: dict[str, list[Path]] = {}
-        self._by_stem: dict[str, list[Path]] = {}
-        self._by_name: dict[str, list[Path]] = {}
-        # os.walk does not enter symlinks to directories, so no file under one is indexed.
-        for dirpath, _, filenames in os.walk(self.root):
-            for name in sorted(filenames):
-                path = Path(dirpath, name)
-                if path.suffix.lower() not in suffixes:
-                    continue
-                rel = path.relative_to(self.root).as_posix()
-                self._by_path[rel] = path
-                self._by_key.setdefault(rel[: -len(path.suffix)], []).append(path)
-                self._by_stem.setdefault(path.stem, []).append(path)
-                self._by_name.setdefault(name, []).append(path)
+        self._tables: dict[str, dict[str, list[str]]] = {}
+
+    def _walk(self, suffixes: set[str]) -> Iterator[tuple[str, str]]:
+        """``(relative path, absolute path)`` of every image file; a symlink to a folder is not entered."""
+        folders = [""]
+        while folders:
+            folder = folders.pop()
+            with os.scandir(self._prefix + folder) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if entry.is_dir():
+                        if not entry.is_symlink():
+                            folders.append(f"{folder}{entry.name}/")
+                    elif os.path.splitext(entry.name)[1].lower() in suffixes:
+                        if entry.is_symlink():
+                            self._links.add(entry.path)
+                        yield folder + entry.name, entry.path
+
+    def _table(self, kind: str) -> dict[str, list[str]]:
+        """Files by ``"key"`` (relative path without extension), ``"stem"`` or ``"name"``."""
+        if kind not in self._tables:
+            table: dict[str, list[str]] = {}
+            for rel, path in self._by_path.items():  # every file here has an extension
+                name = rel.rpartition("/")[2]
+                key = rel.rpartition(".")[0] if kind == "key" else name.rpartition(".")[0] if kind == "stem" else name
+                table.setdefault(key, []).append(path)
+            self._tables[kind] = table
+        return self._tables[kind]
 
     def escapes(self, key: str) -> bool:
         """True when ``key`` itself points outside the root (``../x``, an absolute path, a symlink out)."""
         return not (self.root / key).resolve().is_relative_to(self.root)
 
-    def candidates(self, key: str) -> list[Path]:
+    def candidates(self, key: str) -> list[str]:
         """The files ``key`` names, in order of preference: its relative path with extension, without
         extension, then its stem or file name anywhere below the root. More than one: ambiguous."""
-        key = key.strip().replace("\\", "/")
+        key = key.strip()
+        if key in self._by_path:  # the common cases first, with no normalisation to pay for
+            return [self._by_path[key]]
+        if key in (table := self._table("key")):
+            return table[key]
+        key = key.replace("\\", "/")
         if os.path.isabs(key):
             try:
                 key = Path(key).resolve().relative_to(self.root).as_posix()
@@ -64,15 +91,22 @@ class ImageIndex:
         key = posixpath.normpath(key)  # "./a.png", "sub/../a.png"
         if key in self._by_path:
             return [self._by_path[key]]
-        for table in (self._by_key, self._by_stem, self._by_name):
-            if key in table:
+        for kind in ("key", "stem", "name"):
+            if key in (table := self._table(kind)):
                 return table[key]
         return []
 
-    def resolve_all(self, keys: Sequence[str | None], csv_path: str | Path) -> list[Path | None]:
+    def _escaping_target(self, path: str) -> str | None:
+        """What ``path`` resolves to when that lies outside the root (a symlink out), else None."""
+        if path not in self._links:
+            return None
+        target = os.path.realpath(path)
+        return None if target.startswith(self._prefix) else target
+
+    def resolve_all(self, keys: Sequence[str | None], csv_path: str | Path) -> list[str | None]:
         """Paths for every key (None for a None key: no image), or one :class:`DataError` listing every
         escaping, ambiguous or missing row."""
-        paths: list[Path | None] = []
+        paths: list[str | None] = []
         escaping: list[int] = []
         escapes_to: list[str] = []
         ambiguous: list[int] = []
@@ -90,7 +124,7 @@ class ImageIndex:
                     escapes_to.append(f"{key!r} resolves to {(self.root / key).resolve()}")
                 else:
                     missing.append(row)
-            elif not (target := found[0].resolve()).is_relative_to(self.root):
+            elif (target := self._escaping_target(found[0])) is not None:
                 escaping.append(row)
                 escapes_to.append(f"{key!r} is {found[0]}, a symlink to {target}")
             else:
@@ -104,9 +138,7 @@ class ImageIndex:
             "into data.image_dir (a symlink must point inside it), or set data.image_dir to a folder holding them.",
         )
         if ambiguous:
-            matches = {
-                r: sorted(p.relative_to(self.root).as_posix() for p in self.candidates(keys[r])) for r in ambiguous
-            }
+            matches = {r: sorted(p.removeprefix(self._prefix) for p in self.candidates(keys[r])) for r in ambiguous}
             example = matches[ambiguous[0]][0]
             raise_for_rows(
                 "Ambiguous image ids",
@@ -131,11 +163,11 @@ class ImageTooLarge(DataError):
     message, for callers that name the CSV line themselves."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(f"Image too large to decode safely: {detail}. Fix: {_TOO_LARGE_FIX}")
-        self.detail, self.fix = detail, _TOO_LARGE_FIX
+        super().__init__(f"Image too large to decode safely: {detail}. Fix: {TOO_LARGE_FIX}")
+        self.detail, self.fix = detail, TOO_LARGE_FIX
 
 
-def _too_large(path: str | Path, err: Image.DecompressionBombError) -> str:
+def too_large_detail(path: str | Path, err: Image.DecompressionBombError) -> str:
     """What to say about an image PIL refuses to open as a possible decompression bomb."""
     return (
         f"{path}: {err} PIL.Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS}; PIL refuses images of more than "
@@ -156,7 +188,7 @@ def load_rgb(path: str | Path) -> Image.Image:
                 return to_8bit(image, significant_bits(image)).convert("RGB")
             return image.convert("RGB")
     except Image.DecompressionBombError as err:
-        raise ImageTooLarge(_too_large(path, err)) from None
+        raise ImageTooLarge(too_large_detail(path, err)) from None
 
 
 def to_8bit(image: Image.Image, bits: int | None = None) -> Image.Image:
@@ -267,32 +299,3 @@ def check_jpeg(path: str | Path) -> None:
         _decode(data[:end] + b"\xff\xd9", False), _decode(data[:end] + _PADDING * 256 + b"\xff\xd9", False)
     ):
         raise OSError("truncated JPEG: its last scan stops early (a file cut short, then closed)")
-
-
-def verify_images(paths: Sequence[Path | None], csv_path: str | Path) -> None:
-    """Raise one :class:`DataError` naming every file that cannot be decoded, or that is too large to
-    decode safely (None: no image, skipped). PNGs and the like are checked by ``verify`` (structure and
-    checksums), JPEGs by :func:`check_jpeg`."""
-    bad: list[int] = []
-    reasons: list[str] = []
-    large: list[int] = []
-    sizes: list[str] = []
-    for row, path in enumerate(paths):
-        if path is None:
-            continue
-        try:
-            with Image.open(path) as image:
-                kind = image.format
-                image.verify()
-            if kind == "JPEG":
-                check_jpeg(path)
-        except Image.DecompressionBombError as err:
-            large.append(row)
-            sizes.append(_too_large(path, err))
-        except DECODE_ERRORS as err:
-            bad.append(row)
-            reasons.append(f"{path}: {err}")
-    raise_for_rows("Images too large to decode safely", csv_path, large, sizes, _TOO_LARGE_FIX)
-    raise_for_rows(
-        "Unreadable image files", csv_path, bad, reasons, "replace or remove these files (or the rows that name them)."
-    )

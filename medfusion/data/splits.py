@@ -65,13 +65,14 @@ def stratified_group_split(
     """
     if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
         raise ValueError(f"val_ratio + test_ratio must be in [0, 1), got {val_ratio} + {test_ratio}")
-    by_group: dict[str, Counter[str]] = defaultdict(Counter)
-    for label, group in zip(labels, groups, strict=True):
-        by_group[group][label] += 1
+    majority: dict[str, tuple[str, int]] = {}  # group -> its most frequent label and count (ties: the smaller label)
+    for (group, label), count in Counter(zip(groups, labels, strict=True)).items():
+        best = majority.get(group)
+        if best is None or (-count, label) < (-best[1], best[0]):
+            majority[group] = (label, count)
     groups_of_class: dict[str, list[str]] = defaultdict(list)
-    for group in sorted(by_group):
-        majority = min(by_group[group].items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        groups_of_class[majority].append(group)
+    for group in sorted(majority):
+        groups_of_class[majority[group][0]].append(group)
     rng = np.random.default_rng(seed)
     split_of_group: dict[str, str] = {}
     for label in sorted(groups_of_class):

@@ -224,7 +224,13 @@ def _column_values(table: pd.DataFrame, column: str, csv_path: Path, what: str, 
 
 def _optional_values(table: pd.DataFrame, column: str) -> list[str | None]:
     """Stripped values of ``column``; None for an empty cell."""
-    return [None if pd.isna(v) or not str(v).strip() else str(v).strip() for v in table[column]]
+    return [_stripped(v) for v in table[column].tolist()]
+
+
+def _stripped(value: object) -> str | None:
+    if isinstance(value, str):  # the cells read as text: checked first, a million of them take a second
+        return value.strip() or None
+    return None if pd.isna(value) else str(value).strip() or None
 
 
 def read_records(

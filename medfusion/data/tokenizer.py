@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -10,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from medfusion.data.errors import ConfigError
+from medfusion.runs.progress import track
 
 # Tokenizing in the main process and then forking DataLoader workers is safe for our use;
 # silence the library's warning (and its deadlock-avoidance fallback) about it.
@@ -32,11 +34,7 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int = 2000, min_frequency:
     tokenizer = Tokenizer(models.WordPiece(vocab={"[UNK]": 0}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words = Counter(
-        word
-        for text in texts
-        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
-    )
+    words = word_counts(texts, tokenizer)
     chars = sorted({c for word in words for c in word})
     pieces = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
     frequent = sorted((w for w, n in words.items() if n >= min_frequency and len(w) > 1), key=lambda w: (-words[w], w))
@@ -66,6 +64,27 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int = 2000, min_frequency:
     )
 
 
+# BERT's normalizer and pre-tokenizer on printable ASCII: lower-case, split on whitespace, punctuation alone.
+_PLAIN_ASCII = re.compile(r"[\t\n\r\x20-\x7e]*")
+_PUNCTUATION = r"!-/:-@\[-`{-~"
+_BERT_WORDS = re.compile(rf"[^\s{_PUNCTUATION}]+|[{_PUNCTUATION}]")
+
+
+def word_counts(texts: Sequence[str], tokenizer: Tokenizer) -> Counter[str]:
+    """How often each word (as ``tokenizer``'s BERT normalizer and pre-tokenizer split texts) occurs in ``texts``.
+
+    Texts of printable ASCII, the common case, are split by one regular expression over chunks of them (the same
+    words, ~30x faster than a call into the tokenizer per text); the others go through the tokenizer."""
+    counts: Counter[str] = Counter()
+    plain = [t for t in texts if _PLAIN_ASCII.fullmatch(t)]
+    chunks = (plain[start : start + 4096] for start in range(0, len(plain), 4096))
+    for chunk in track(chunks, description="counting words", total=len(plain), unit="texts", size=len):
+        counts.update(_BERT_WORDS.findall("\n".join(chunk).lower()))
+    normalize, split = tokenizer.normalizer.normalize_str, tokenizer.pre_tokenizer.pre_tokenize_str
+    counts.update(word for text in texts if not _PLAIN_ASCII.fullmatch(text) for word, _ in split(normalize(text)))
+    return counts
+
+
 def build_tokenizer(name: str, texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerBase:
     """``"wordpiece"`` trains on ``texts``; anything else is a hub name or local path for AutoTokenizer."""
     if name == WORDPIECE:
@@ -85,17 +104,3 @@ def pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
             "(tokenizer.save_pretrained(folder) writes them), or use data.tokenizer: wordpiece with an untrained model."
         )
     return tokenizer
-
-
-def tokenize(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | None], max_length: int
-) -> tuple[list[list[int] | None], int]:
-    """Token ids per text (None stays None), truncated to ``max_length``, and how many texts were truncated."""
-    present = [t for t in texts if t is not None]
-    ids = iter(tokenizer(present)["input_ids"] if present else [])  # the tokenizer fails on []
-    tokens = [None if t is None else next(ids) for t in texts]
-    truncated = sum(len(x) > max_length for x in tokens if x is not None)
-    if truncated:
-        ids = iter(tokenizer(present, truncation=True, max_length=max_length)["input_ids"])
-        tokens = [None if t is None else next(ids) for t in texts]
-    return tokens, truncated

@@ -78,7 +78,7 @@ def input_digest(dataset: MultimodalDataset, modality: str) -> str:
             stat = os.stat(path) if path is not None else None
             digest.update(f"{path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())
     elif modality == "text":
-        digest.update(json.dumps(dataset.token_ids).encode())
+        digest.update(json.dumps(list(dataset.token_ids)).encode())
     else:
         for array in (dataset.tabular.numeric, dataset.tabular.numeric_missing, dataset.tabular.categorical):
             digest.update(np.ascontiguousarray(array).tobytes())

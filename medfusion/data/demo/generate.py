@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medfusion.data.cache_dir import cache_root
 from medfusion.data.demo.cues import DEMO_CLASSES, LONG_TAIL_PROPORTIONS, VIEWS, Cue, assign_cues
 from medfusion.data.demo.images import grid, lesion_look, render_image, save_png
 from medfusion.data.demo.readme import readme_text
@@ -29,9 +30,8 @@ _PATIENT_SIZES, _PATIENT_SIZE_PROBS = (1, 2, 3), (0.6, 0.25, 0.15)
 
 
 def default_cache_dir() -> Path:
-    """``$MEDFUSION_CACHE/demo`` if set, else ``~/.cache/medfusion/demo``."""
-    root = os.environ.get("MEDFUSION_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "medfusion") / "demo"
+    """``demo`` under medfusion's cache directory (``$MEDFUSION_CACHE``, default ``~/.cache/medfusion``)."""
+    return cache_root() / "demo"
 
 
 def image_columns(views: int) -> list[str]:
