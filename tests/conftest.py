@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,20 @@ class HamLayout:
     csv_path: Path  # the chosen rows of the real CSV, byte for byte, under the real header
     image_dir: Path  # part_1/ and part_2/, one <image_id>.jpg per row
     table: pd.DataFrame  # those rows (ids, dx, lesion_id as strings; age float with NaN)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def medfusion_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """medfusion's cache directory (demo data, image check records, set-up entries) in a folder of this session,
+    not the user's ~/.cache: tests start from nothing and share what earlier tests of the session cached."""
+    before = os.environ.get("MEDFUSION_CACHE")
+    root = tmp_path_factory.mktemp("medfusion_cache")
+    os.environ["MEDFUSION_CACHE"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("MEDFUSION_CACHE", None)
+    else:
+        os.environ["MEDFUSION_CACHE"] = before
 
 
 @pytest.fixture(scope="module")

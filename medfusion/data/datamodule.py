@@ -4,6 +4,7 @@ folder."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,36 @@ from medfusion.data.image_cache import CachedImages, image_entry
 from medfusion.data.loaders import SamplerKind, make_loader
 from medfusion.data.modalities import check_allow_missing, resolve_modalities
 from medfusion.data.options import check_data_options
-from medfusion.data.reader import CsvReader, read_training
+from medfusion.data.reader import CsvReader, read_all
+from medfusion.data.setup_cache import load_or_read, setup_key
 from medfusion.data.state import check_same_state, find_data_state, mark
-from medfusion.data.table import Records, label_indices
+from medfusion.data.table import Records
 from medfusion.data.tabular import UNKNOWN, TabularPreprocessor, TabularSpec
 from medfusion.data.test_sets import TestSet
 from medfusion.data.token_ids import TokenIds
-from medfusion.data.tokenizer import WORDPIECE, build_tokenizer
+from medfusion.data.tokenizer import WORDPIECE
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cached_transform, eval_transform, train_transform
 from medfusion.data.verify import VerifiedFiles, verify_images
 from medfusion.runs.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state, tokenizer_state
+
+# Options that do not change what is read from the CSVs (so not part of the set-up cache's key).
+_RUN_OPTIONS = {
+    "self",
+    "__class__",
+    "image_size",
+    "augment",
+    "mean",
+    "std",
+    "verify_images",
+    "cache",
+    "cache_dir",
+    "on_bad_image",
+    "batch_size",
+    "num_workers",
+    "sampler",
+    "feature_cache",
+    "image_cache",
+}
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -183,6 +204,7 @@ class MultimodalDataModule(L.LightningDataModule):
         feature_cache: str | None = None,
         image_cache: str | None = None,
     ) -> None:
+        options = {k: v for k, v in locals().items() if k not in _RUN_OPTIONS}  # what shapes the reading
         super().__init__()
         check_data_options(
             batch_size=batch_size,
@@ -243,21 +265,9 @@ class MultimodalDataModule(L.LightningDataModule):
             raise DataError("Without data.csv_path there is nothing to read. Fix: set data.predict_csv or test_sets.")
         if trained is not None:
             check_same_state({"modalities": trained["modalities"]}, {"modalities": self.modality_kinds})
-        self.class_names: list[str] = list(trained["class_names"]) if trained else list(class_names or [])
         if trained and class_names:
             check_class_names(trained["class_names"], class_names, from_checkpoint)
-        self.tabular: TabularPreprocessor | None = None
-        if trained is not None and trained.get("tabular") is not None:  # the model's statistics, refitted on nothing
-            self.tabular = TabularPreprocessor.from_state(trained["tabular"])
-        self._table: Records | None = None
-        empty_split = Records(Path(csv_path or "none"), [], [], {}, None, None, None, [])
-        self._records: dict[str, Records] = dict.fromkeys(("train", "val", "test"), empty_split)
-        self._labels: dict[str, list[int]] = {s: [] for s in ("train", "val", "test")}
-        self.test_set_names: list[str] = []
-        self._test_records: list[Records] = []
-        self._test_labels: list[list[int]] = []
-        self.class_counts: list[int] | None = trained["class_counts"] if trained else None
-        self.reader = CsvReader(
+        reader = CsvReader(
             id_column,
             label_column,
             {name: self._path_column(name) for name in self.image_names},
@@ -270,52 +280,57 @@ class MultimodalDataModule(L.LightningDataModule):
             self.na_values,
             merge_equivalent_labels,
         )
-        if csv_path is not None:
-            training = read_training(
-                self.reader,
+        read = partial(
+            read_all,
+            reader,
+            csv_path,
+            image_dir,
+            text_json,
+            split_column=split_column,
+            group_column=group_column,
+            class_names=list(trained["class_names"]) if trained else list(class_names or []),
+            val_ratio=val_ratio,
+            test_ratio=test_ratio,
+            seed=seed,
+            test_sets=dict(test_sets or {}),
+            predict_csv=predict_csv,
+            trained=trained,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            max_length=max_length,
+        )
+        # Once per job and per change of the inputs: a DDP rank started after rank zero, or a later run, loads it.
+        self.read_from_cache = False
+        if cache:
+            sets = list((test_sets or {}).values())
+            files = [
                 csv_path,
-                image_dir,
                 text_json,
-                split_column=split_column,
-                group_column=group_column,
-                class_names=self.class_names,
-                val_ratio=val_ratio,
-                test_ratio=test_ratio,
-                seed=seed,
-                classes_given=trained is not None,
-            )
-            self._table, self._records, self._labels = training.table, training.records, training.labels
-            self.class_names, self.class_counts = training.class_names, training.class_counts
-            if self.tabular_spec is not None and self.tabular is None:  # fitted on the training rows only
-                rows = self._records["train"].rows
-                self.tabular = TabularPreprocessor.fit(self.tabular_spec, self._table.tabular, csv_path, rows)
-            self.test_set_names = ["test"]
-            self._test_records = [self._records["test"]]
-            self._test_labels = [self._labels["test"]]
-        for name, test_set in (test_sets or {}).items():
-            ext = self.reader.read(test_set.csv_path, test_set.image_dir or image_dir, test_set.text_json or text_json)
-            ext = self.reader.merge_labels(ext, self.class_names)
-            self.test_set_names.append(name)
-            self._test_records.append(ext)
-            self._test_labels.append(label_indices(ext, self.class_names))
+                predict_csv,
+                from_checkpoint,
+                *(f for t in sets for f in (t.csv_path, t.text_json)),
+            ]
+            trees = [image_dir, *(t.image_dir for t in sets)] if self.image_names else []
+            key = setup_key(options, files, trees)
+            empty = Records(Path(csv_path or "none"), [], [], {}, None, None, None, [])
+            data, self.read_from_cache = load_or_read(cache_root(cache_dir), key, read, empty)
+        else:
+            data = read()
+        self._table, self._records, self._labels = data.table, data.records, data.labels
+        self.class_names, self.class_counts, self.tabular = data.class_names, data.class_counts, data.tabular
+        main = [("test", data.records["test"], data.labels["test"])] if data.table is not None else []
+        self.test_set_names = [name for name, _, _ in (*main, *data.tests)]
+        self._test_records = [records for _, records, _ in (*main, *data.tests)]
+        self._test_labels = [labels for _, _, labels in (*main, *data.tests)]
         self.robustness_sets = [f"no_{name}" for name in self.modalities] if robustness else []
         taken = [n for n in self.robustness_sets if n in self.test_set_names]
         if taken:
             raise ValueError(f"test_sets {taken} clash with the robustness test sets: rename them")
         self.test_set_names += self.robustness_sets
-        self._predict_records = (
-            self.reader.read(predict_csv, image_dir, text_json, labels_required=False) if predict_csv else None
-        )
-
-        self.tokenizer = None
-        self.vocab_size: int | None = None
-        if self.uses_text and trained and trained.get("tokenizer"):
-            self.tokenizer = tokenizer_from_state(trained["tokenizer"])  # exactly the model's, retrained on nothing
-        elif self.uses_text:
-            texts = [t for t in (self._records["train"].texts or []) if t is not None]
-            self.tokenizer = build_tokenizer(tokenizer, texts, vocab_size)
-        if self.tokenizer is not None:
-            self.vocab_size = len(self.tokenizer)
+        self._predict_records = data.predict
+        self.tokenizer = data.tokenizer
+        self.vocab_size = len(self.tokenizer) if self.tokenizer is not None else None
+        self._truncated = data.truncated
         self._verified = False
         self.datasets: dict[str, Dataset] = {}
 
@@ -426,9 +441,9 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def _tokenize(self, records: Records, name: str) -> TokenIds:
         """Token ids per text of ``records`` (None stays None), computed as samples are read; the truncated ones
-        are counted now, warned and put in ``data_report``."""
+        (counted when the data was read) are warned and put in ``data_report``."""
         tokens = TokenIds(self.tokenizer, records.texts, self.max_length)
-        truncated = tokens.count_truncated(f"counting texts over max_length in the {name} set")
+        truncated = self._truncated[name]
         self.data_report[f"truncated_texts/{name}"] = truncated
         if truncated:
             count = sum(t is not None for t in records.texts)

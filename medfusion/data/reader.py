@@ -5,15 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
+from transformers import PreTrainedTokenizerBase
 
 from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex
 from medfusion.data.splits import assign_splits, rare_class_warnings
 from medfusion.data.table import Records, infer_class_names, label_indices, read_records, resolve_equivalent_labels
-from medfusion.data.tabular import TabularSpec
+from medfusion.data.tabular import TabularPreprocessor, TabularSpec
+from medfusion.data.test_sets import TestSet
 from medfusion.data.texts import read_text_json
+from medfusion.data.token_ids import TokenIds
+from medfusion.data.tokenizer import build_tokenizer
+from medfusion.runs.checkpoints import tokenizer_from_state
 
 SPLITS = ("train", "val", "test")
 
@@ -132,3 +139,93 @@ def read_training(
     for warning in rare_class_warnings(split_labels, names, csv_path, needed):
         rank_zero_warn(warning)
     return TrainingData(records, by_split, split_labels, names, class_counts)
+
+
+@dataclass
+class ReadData:
+    """Everything a configuration's CSVs give before any dataset is built: the training table and its splits (each
+    split's records and class indices), the classes and training counts, the tabular preprocessor, the external
+    test sets as ``(name, records, class indices)``, the prediction records, the text tokenizer, the texts over
+    ``max_length`` per set name (``train``, ``val``, ``test``, ``test_<name>``, ``predict``), and (filled by the
+    set-up cache) the warnings reading raised."""
+
+    table: Records | None
+    records: dict[str, Records]
+    labels: dict[str, list[int]]
+    class_names: list[str]
+    class_counts: list[int] | None
+    tabular: TabularPreprocessor | None
+    tests: list[tuple[str, Records, list[int]]]
+    predict: Records | None
+    tokenizer: PreTrainedTokenizerBase | None
+    truncated: dict[str, int] = field(default_factory=dict)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (category name, message)
+
+
+def read_all(
+    reader: CsvReader,
+    csv_path: str | None,
+    image_dir: str | None,
+    text_json: str | None,
+    *,
+    split_column: str | None,
+    group_column: str | None,
+    class_names: Sequence[str],
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    test_sets: dict[str, TestSet],
+    predict_csv: str | None,
+    trained: dict[str, Any] | None,
+    tokenizer: str,
+    vocab_size: int,
+    max_length: int,
+) -> ReadData:
+    """Read every CSV of a configuration: the training CSV split (unless None), the external test sets, the
+    prediction CSV; fit the tabular preprocessor on the training rows and build (or train) the tokenizer, unless
+    ``trained`` (a checkpoint's data state) holds them; count the texts over ``max_length``."""
+    empty = Records(Path(csv_path or "none"), [], [], {}, None, None, None, [])
+    table, records = None, dict.fromkeys(SPLITS, empty)
+    labels: dict[str, list[int]] = {s: [] for s in SPLITS}
+    names, counts = list(class_names), trained["class_counts"] if trained else None
+    tabular = TabularPreprocessor.from_state(trained["tabular"]) if trained and trained.get("tabular") else None
+    if csv_path is not None:
+        training = read_training(
+            reader,
+            csv_path,
+            image_dir,
+            text_json,
+            split_column=split_column,
+            group_column=group_column,
+            class_names=names,
+            val_ratio=val_ratio,
+            test_ratio=test_ratio,
+            seed=seed,
+            classes_given=trained is not None,
+        )
+        table, records, labels = training.table, training.records, training.labels
+        names, counts = training.class_names, training.class_counts
+        if reader.tabular_spec is not None and tabular is None:  # fitted on the training rows only
+            tabular = TabularPreprocessor.fit(reader.tabular_spec, table.tabular, csv_path, records["train"].rows)
+    tests = []
+    for name, test_set in test_sets.items():
+        ext = reader.read(test_set.csv_path, test_set.image_dir or image_dir, test_set.text_json or text_json)
+        ext = reader.merge_labels(ext, names)
+        tests.append((name, ext, label_indices(ext, names)))
+    predict = reader.read(predict_csv, image_dir, text_json, labels_required=False) if predict_csv else None
+    built = None
+    if reader.uses_text and trained and trained.get("tokenizer"):
+        built = tokenizer_from_state(trained["tokenizer"])  # exactly the model's, retrained on nothing
+    elif reader.uses_text:
+        built = build_tokenizer(tokenizer, [t for t in (records["train"].texts or []) if t is not None], vocab_size)
+    truncated = {}
+    if built is not None:
+        sets = {**(records if table is not None else {}), **{f"test_{n}": r for n, r, _ in tests}}
+        sets["predict"] = predict or records["test"]  # without a prediction CSV: the test split, counted once
+        for name, recs in sets.items():
+            if recs is records["test"] and "test" in truncated:
+                truncated[name] = truncated["test"]
+                continue
+            tokens = TokenIds(built, recs.texts or [], max_length)
+            truncated[name] = tokens.count_truncated(f"counting texts over max_length in the {name} set")
+    return ReadData(table, records, labels, names, counts, tabular, tests, predict, built, truncated)
