@@ -20,7 +20,7 @@ from medfusion.data.image_cache import CachedImages, image_entry
 from medfusion.data.loaders import SamplerKind, make_loader
 from medfusion.data.modalities import check_allow_missing, resolve_modalities
 from medfusion.data.options import check_data_options
-from medfusion.data.reader import CsvReader, read_all
+from medfusion.data.reader import CsvReader, SplitOptions, read_all
 from medfusion.data.setup_cache import load_or_read, setup_key
 from medfusion.data.state import check_same_state, find_data_state, mark
 from medfusion.data.table import Records
@@ -286,12 +286,8 @@ class MultimodalDataModule(L.LightningDataModule):
             csv_path,
             image_dir,
             text_json,
-            split_column=split_column,
-            group_column=group_column,
-            class_names=list(trained["class_names"]) if trained else list(class_names or []),
-            val_ratio=val_ratio,
-            test_ratio=test_ratio,
-            seed=seed,
+            SplitOptions(split_column, group_column, val_ratio, test_ratio, seed),
+            list(trained["class_names"]) if trained else list(class_names or []),
             test_sets=dict(test_sets or {}),
             predict_csv=predict_csv,
             trained=trained,

@@ -85,6 +85,18 @@ class CsvReader:
         return records
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """How the training CSV is split: by its ``split_column``, else at random by group (``group_column``, else
+    each row) with ``val_ratio``/``test_ratio`` and ``seed``."""
+
+    split_column: str | None = None
+    group_column: str | None = None
+    val_ratio: float = 0.15
+    test_ratio: float = 0.15
+    seed: int = 42
+
+
 @dataclass
 class TrainingData:
     """The training CSV read and split: the whole table, per split its records and class indices, the classes and
@@ -102,20 +114,14 @@ def read_training(
     csv_path: str,
     image_dir: str | None,
     text_json: str | None,
-    *,
-    split_column: str | None,
-    group_column: str | None,
+    split: SplitOptions,
     class_names: Sequence[str],
-    val_ratio: float,
-    test_ratio: float,
-    seed: int,
     classes_given: bool,
 ) -> TrainingData:
     """Read the main CSV into train/val/test splits (class names inferred unless given). A class without training
     rows is an error unless the classes come from a checkpoint (``classes_given``); rare classes are warned."""
-    records = reader.merge_labels(
-        reader.read(csv_path, image_dir, text_json, split_column=split_column, group_column=group_column), class_names
-    )
+    read = reader.read(csv_path, image_dir, text_json, split_column=split.split_column, group_column=split.group_column)
+    records = reader.merge_labels(read, class_names)
     names = list(class_names) or infer_class_names(records.labels)
     labels = label_indices(records, names)
     splits = assign_splits(
@@ -123,9 +129,9 @@ def read_training(
         records.labels,
         records.groups if records.groups is not None else records.ids,
         csv_path,
-        val_ratio,
-        test_ratio,
-        seed,
+        split.val_ratio,
+        split.test_ratio,
+        split.seed,
         group_column_given=records.groups is not None,
     )
     by_split = {s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in SPLITS}
@@ -135,7 +141,7 @@ def read_training(
     empty = [names[i] for i, c in enumerate(class_counts) if c == 0]
     if empty and not classes_given:
         raise DataError(f"Classes {empty} have no training rows in {csv_path}. Fix: add rows or drop the classes.")
-    needed = 1 + (val_ratio > 0) + (test_ratio > 0) if records.splits is None else 0
+    needed = 1 + (split.val_ratio > 0) + (split.test_ratio > 0) if records.splits is None else 0
     for warning in rare_class_warnings(split_labels, names, csv_path, needed):
         rank_zero_warn(warning)
     return TrainingData(records, by_split, split_labels, names, class_counts)
@@ -167,13 +173,9 @@ def read_all(
     csv_path: str | None,
     image_dir: str | None,
     text_json: str | None,
-    *,
-    split_column: str | None,
-    group_column: str | None,
+    split: SplitOptions,
     class_names: Sequence[str],
-    val_ratio: float,
-    test_ratio: float,
-    seed: int,
+    *,
     test_sets: dict[str, TestSet],
     predict_csv: str | None,
     trained: dict[str, Any] | None,
@@ -190,19 +192,7 @@ def read_all(
     names, counts = list(class_names), trained["class_counts"] if trained else None
     tabular = TabularPreprocessor.from_state(trained["tabular"]) if trained and trained.get("tabular") else None
     if csv_path is not None:
-        training = read_training(
-            reader,
-            csv_path,
-            image_dir,
-            text_json,
-            split_column=split_column,
-            group_column=group_column,
-            class_names=names,
-            val_ratio=val_ratio,
-            test_ratio=test_ratio,
-            seed=seed,
-            classes_given=trained is not None,
-        )
+        training = read_training(reader, csv_path, image_dir, text_json, split, names, trained is not None)
         table, records, labels = training.table, training.records, training.labels
         names, counts = training.class_names, training.class_counts
         if reader.tabular_spec is not None and tabular is None:  # fitted on the training rows only
