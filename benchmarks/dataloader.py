@@ -9,9 +9,10 @@ on, batch 64), against a training step of the demo model (ResNet-18 + tiny BERT,
 fusion_dim 256) with its encoders trained and frozen (fusion + head only).
 
 ``--scenario ham224``: ``--num_images`` generated 600 x 450 JPEGs (HAM10000's size and quality, textured) read by
-``MultimodalDataModule`` at 224 px with augmentation (image only, batch 32), from the files and from the
-decoded-image cache (``data.image_cache``; its one-off build is timed apart), against a ResNet-50 training step
-(timm, random weights, AdamW). ``vs files`` is each source's rate over the files' rate with the same workers.
+``MultimodalDataModule`` at 224 px with augmentation (image only, batch 32), from the files, from the decoded-image
+cache (``data.image_cache``) and from streaming shards (``medfusion pack``, read by ``ShardDataModule``; the one-off
+cache build and packing are timed apart), against a ResNet-50 training step (timm, random weights, AdamW).
+``vs files`` is each source's rate over the files' rate with the same workers.
 
 Delivered: the training loader iterated for ``--batches`` batches per worker count (at most one epoch, so the
 workers start once). The wait for the first batch is reported apart as start-up (worker processes, first decodes),
@@ -41,7 +42,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from overhead import build_model  # the same demo model (benchmarks/ is on the path when a script runs)
 from verify_images import write_jpegs  # HAM10000-like JPEGs
 
-from medfusion.data import DemoDataModule, MultimodalDataModule
+from medfusion.data import DemoDataModule, MultimodalDataModule, ShardDataModule
+from medfusion.data.shards import pack, sets_to_pack
 
 Batch = dict[str, Any]
 SEED = 0
@@ -86,6 +88,7 @@ class Trainee:
 
 def ham_jpegs(folder: Path, count: int) -> Path:
     """``count`` HAM10000-like JPEGs under ``folder/images`` and their ``samples.csv`` (7 classes)."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
     paths = write_jpegs(folder / "images", count, progressive=False)
     with open(folder / "samples.csv", "w") as f:
         f.write("image_id,dx\n")
@@ -127,6 +130,13 @@ def ham224(opts: argparse.Namespace, device: torch.device) -> None:
         for dm in sources.values():
             dm.setup("fit")
         build = time.perf_counter() - build_start
+        pack_start = time.perf_counter()
+        files = sources["files"]
+        state, report = files.state_dict(), dict(files.data_report)
+        pack(sets_to_pack(files), root / "shards", files.image_size, files.max_length, state, report)
+        packing = time.perf_counter() - pack_start
+        sources["shards"] = ShardDataModule(str(root / "shards"), batch_size=opts.batch_size)
+        sources["shards"].setup("fit")
         epoch = len(sources["files"].train_dataloader())
         batches = min(opts.batches, epoch - 1)
         rate: dict[tuple[str, int], list[float]] = {}
@@ -140,7 +150,8 @@ def ham224(opts: argparse.Namespace, device: torch.device) -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"224 px loading vs a ResNet-50 training step: torch {torch.__version__}, model on {where},", end="")
     print(f" {os.cpu_count()} CPUs; {opts.num_images} JPEGs of 600 x 450, batch {opts.batch_size}, augment on")
-    print(f"setting up both (the image check, and building the decoded-image cache once): {build:.1f} s")
+    print(f"setting up files and image cache (the image check, building the cache once): {build:.1f} s;", end="")
+    print(f" packing the shards (medfusion pack): {packing:.1f} s")
     print(f"consumed: ResNet-50 training step, {consumed:,.1f} samples/s")
     print("\n| source | workers | delivered samples/s | vs files | delivered / consumed |")
     print("|---|---:|---:|---:|---:|")

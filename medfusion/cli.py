@@ -231,6 +231,21 @@ def demo_data_main(argv: Sequence[str]) -> None:
     print(f"Wrote {args.num_samples} samples to {out} (metadata.csv, reports.json, images/)")
 
 
+def configured(model_class: type[ClassifierModule], args: list[str]) -> MedfusionCLI:
+    """The model and datamodule that ``args`` (``--config`` and overrides) describe, built as ``fit`` builds them,
+    without running anything or writing a run directory."""
+    return MedfusionCLI(
+        model_class,
+        MultimodalDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=False,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+    )
+
+
 def explain_main(argv: Sequence[str]) -> None:
     """medfusion explain --config CFG --ckpt_path CKPT [--ids ID ...]: write one PNG per sample with the Grad-CAM
     overlay of every image, the attention maps, modality weights, MoE routing and class probabilities; with a
@@ -255,16 +270,7 @@ def explain_main(argv: Sequence[str]) -> None:
     )
     args, rest = parser.parse_known_args(argv)
     check_option("permutation_repeats", args.permutation_repeats, args.permutation_repeats >= 1, "at least 1")
-    cli = MedfusionCLI(
-        ClassifierModule,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=[*rest, f"--data.from_checkpoint={args.ckpt_path}"],
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-    )
+    cli = configured(ClassifierModule, [*rest, f"--data.from_checkpoint={args.ckpt_path}"])
     model, datamodule = cli.model, cli.datamodule
     load_weights(model, args.ckpt_path)  # local files only, weights-only, finite weights
     datamodule.setup(None)
@@ -288,6 +294,32 @@ def explain_main(argv: Sequence[str]) -> None:
             f"Permutation importance of {len(result.features)} tabular features on {len(test_set)} test samples "
             f"({result.metric} {result.baseline:.3f}; largest drop: {top} {drop:+.3f}) -> {png}"
         )
+
+
+def pack_main(argv: Sequence[str]) -> None:
+    """medfusion pack --config CFG --out DIR: write the configuration's data (every set, every modality) as LitData
+    streaming shards, read back by ``medfusion.data.ShardDataModule`` (``--data.shards DIR``)."""
+    import time
+
+    from medfusion.data.shards import pack, sets_to_pack
+
+    parser = argparse.ArgumentParser(
+        prog="medfusion pack",
+        description=pack_main.__doc__,
+        epilog="Every other option (--config, --data.*) builds the data as for 'medfusion fit'.",
+    )
+    parser.add_argument("--out", required=True, help="a new or empty folder for the shards")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing chunks (1 keeps it simplest)")
+    parser.add_argument("--chunk_bytes", default="64MB", help="size of each chunk file")
+    args, rest = parser.parse_known_args(argv)
+    check_option("workers", args.workers, args.workers >= 1, "at least 1")
+    dm = configured(ClassifierModule, rest).datamodule
+    start = time.perf_counter()
+    dm.setup(None)
+    sets = sets_to_pack(dm)
+    out = pack(sets, args.out, dm.image_size, dm.max_length, dm.state_dict(), dict(dm.data_report), args.workers)
+    counts = ", ".join(f"{name} {len(dataset):,}" for name, dataset in sets.items())
+    print(f"packed {counts} samples into {out} in {time.perf_counter() - start:.0f} s")
 
 
 def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, num_samples: int) -> list[dict]:
@@ -314,12 +346,14 @@ def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, nu
 EXTRA_COMMANDS = {
     "demo-data": "medfusion.cli:demo_data_main",
     "explain": "medfusion.cli:explain_main",
+    "pack": "medfusion.cli:pack_main",
     "compare": "medfusion.compare:compare_main",
 }
 DESCRIPTION = (
     "Multimodal (image + text) medical classification. Subcommands fit/validate/test/predict take "
     "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset, "
     "'medfusion explain --config CFG --ckpt_path CKPT --ids ID ...' writes Grad-CAM/attention figures, "
+    "'medfusion pack --config CFG --out DIR' writes the data as streaming shards, "
     "'medfusion compare --config configs/compare/demo.yaml' trains a fusion x head grid and writes a leaderboard."
 )
 

@@ -19,3 +19,14 @@ class PauseAt(Callback):
         if trainer.global_step == self.step:
             Path(self.marker).touch()
             time.sleep(self.seconds)
+
+
+class FailAt(Callback):
+    """After training step ``step``, raise: a run that dies there, in process (its last checkpoint stays)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step} (test)")

@@ -264,23 +264,57 @@ def test_predict_needs_no_training_data(fitted) -> None:
         assert float(row["prob_akiec"]) == pytest.approx(float(probs[0]), abs=1e-5)
 
 
+def test_predict_from_the_image_cache_equals_predict_from_the_files(fitted) -> None:
+    """Evaluation inputs from the decoded-image cache are exactly the decoded files: the same probabilities."""
+    root, args, run = fitted
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    rows = {}
+    for name, extra in (("files", []), ("cached", [f"--data.image_cache={root / 'image_cache'}"])):
+        out = root / f"predict_{name}"
+        main(["predict", *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={out}", *extra])
+        rows[name] = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
+    assert any((root / "image_cache").iterdir())
+    assert rows["cached"] == rows["files"]
+
+
+@pytest.mark.slow
+def test_a_run_from_shards_equals_a_run_from_the_folder(tmp_path: Path) -> None:
+    """medfusion pack, then a fit from the shards that dies in its second epoch and is resumed: the metrics of a
+    two-epoch fit from the folder with the image cache; predict from its checkpoint gives every test id once."""
+    args = ["--config", str(CONFIGS / "demo.yaml"), *small_run_args(tmp_path)]
+    main(["pack", *args, f"--out={tmp_path / 'shards'}"])
+    shards = ["--data=medfusion.data.ShardDataModule", f"--data.shards={tmp_path / 'shards'}"]
+    folder_run = [*args, f"--data.image_cache={tmp_path / 'image_cache'}", "--trainer.max_epochs=2"]
+    main(["fit", *folder_run, f"--trainer.logger.init_args.save_dir={tmp_path / 'folder'}"])
+    shard_run = [
+        *args,
+        *shards,
+        "--trainer.max_epochs=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'shards_run'}",
+    ]
+    with pytest.raises(RuntimeError, match="stopped at step 9"):  # in the second epoch (7 steps per epoch)
+        main(["fit", *shard_run, "--trainer.callbacks+=killpoint.FailAt", "--trainer.callbacks.step=9"])
+    main(["fit", *shard_run, "--ckpt_path=last"])
+    folder = read_metrics(tmp_path / "folder" / "demo" / "version_0")
+    resumed = read_metrics(tmp_path / "shards_run" / "demo" / "version_0")
+    assert resumed.keys() == folder.keys()
+    for key, value in folder.items():
+        assert resumed[key] == pytest.approx(value, abs=1e-6), key
+    best = next((tmp_path / "shards_run" / "demo" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "predicted"
+    main(["predict", *args, *shards, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={out}"])
+    predicted = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
+    test_ids = json.loads((tmp_path / "shards" / "medfusion.json").read_text())["sets"]["test"]["ids"]
+    assert [row["id"] for row in predicted] == test_ids
+
+
 def _model_and_data(args: list[str], ckpt: Path):
     """The fitted model and the demo data (all splits set up), built from the same config as the CLI."""
-    from medfusion.cli import MedfusionCLI
-    from medfusion.data import MultimodalDataModule
+    from medfusion.cli import configured
     from medfusion.models import ClassifierModule
     from medfusion.runs.checkpoints import load_weights
 
-    cli = MedfusionCLI(
-        ClassifierModule,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(args),
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-    )
+    cli = configured(ClassifierModule, list(args))
     load_weights(cli.model, ckpt)
     cli.datamodule.setup(None)
     return cli.model, cli.datamodule

@@ -13,9 +13,8 @@ import pytest
 import yaml
 from conftest import demo_run_overrides
 
-from medfusion.cli import MedfusionCLI, describe_run, main
+from medfusion.cli import configured, describe_run, main
 from medfusion.compare import run_grid
-from medfusion.data import MultimodalDataModule
 from medfusion.fusion import FUSIONS
 from medfusion.models import ClassifierModule
 
@@ -66,16 +65,7 @@ def test_a_new_fusion_is_one_file_and_one_fragment(tmp_path: Path, toy_fusion: P
     main(["fit", *args, "--trainer.max_epochs=1"])
     run = tmp_path / "runs" / "demo" / "version_0"
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    cli = MedfusionCLI(
-        ClassifierModule,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-    )
+    cli = configured(ClassifierModule, list(args))
     assert type(cli.model.fusion).__name__ == "ToySumFusion" and cli.model.fusion.scale == 2.0
     assert describe_run(cli.config)[0] == "multimodal-toy_sum-mlp-ce-s0"
 

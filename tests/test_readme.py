@@ -17,7 +17,7 @@ from medfusion.compare import compare_parser
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 CLI_COMMANDS = ("fit", "validate", "test", "predict")
-EXTRA_COMMANDS = ("demo-data", "explain")
+EXTRA_COMMANDS = ("demo-data", "explain", "pack")
 COMPARE_COMMAND = "compare"  # parsed below; its grids' cells are parsed in test_compare.py
 # A run directory's saved config: runs/<name>/version_N/config.yaml is the resolved configs/<name>.yaml.
 RUN_CONFIG = re.compile(r"runs/(?P<name>[\w-]+)/version_\d+/config\.yaml")
@@ -173,7 +173,7 @@ def test_named_configs_parse(capsys, monkeypatch) -> None:
 
 @pytest.mark.parametrize("argv", EXTRA_LINES, ids=command_id)
 def test_extra_command_help(argv: list[str], capsys) -> None:
-    """``demo-data`` and ``explain`` need data or a checkpoint: their ``--help`` works and names every option
+    """``demo-data``, ``explain`` and ``pack`` need data or a checkpoint: their ``--help`` works and names every option
     the README line uses."""
     named = [a for a in argv if a.endswith(".yaml")]
     assert all((ROOT / a).is_file() for a in named), named

@@ -5,6 +5,7 @@ from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.dataset import Collate, MultimodalDataset
 from medfusion.data.demo_module import DemoDataModule
 from medfusion.data.errors import ConfigError, DataError
+from medfusion.data.shard_module import ShardDataModule
 from medfusion.data.tabular import TabularFeatures, TabularPreprocessor, TabularSpec
 from medfusion.data.test_sets import TestSet
 
@@ -15,6 +16,7 @@ __all__ = [
     "DemoDataModule",
     "MultimodalDataModule",
     "MultimodalDataset",
+    "ShardDataModule",
     "TabularFeatures",
     "TabularPreprocessor",
     "TabularSpec",

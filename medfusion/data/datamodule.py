@@ -335,6 +335,11 @@ class MultimodalDataModule(L.LightningDataModule):
         return self.image_columns.get(name, self.image_column if name == "image" else None)
 
     @property
+    def has_predict_csv(self) -> bool:
+        """Whether the ``predict`` set is a prediction CSV (else it is the test split)."""
+        return self._predict_records is not None
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 

@@ -146,7 +146,8 @@ class MultimodalDataset(Dataset):
             if pixels is not None and not blank:
                 sample[name] = self.cached_transform(pixels) if self.cached_transform else pixels
             else:
-                image = Image.new("RGB", (8, 8)) if blank and paths[index] is not None else self._image(paths, index)
+                blanked = blank and paths[index] is not None
+                image = Image.new("RGB", (8, 8)) if blanked else self.open_image(paths, index)
                 sample[name] = self.transform(image) if self.transform and image is not None else image
             sample["present"][name] = paths[index] is not None
         if self.token_ids is not None:
@@ -157,7 +158,9 @@ class MultimodalDataset(Dataset):
             sample["present"]["tabular"] = self.tabular_present[index]
         return sample
 
-    def _image(self, paths: list[Path | None], index: int) -> Any:
+    def open_image(self, paths: list[Path | None], index: int) -> Any:
+        """The RGB image ``paths[index]`` (None for no image); a file that fails to decode raises as
+        ``on_bad_image`` says (a :class:`DataError` naming the file and CSV line under ``"raise"``)."""
         path = paths[index]
         if path is None:
             return None

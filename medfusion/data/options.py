@@ -19,12 +19,11 @@ def check_data_options(
     csv_sep: str,
 ) -> None:
     """A :class:`ConfigError` for the first option out of its range, before any file is read."""
+    check_loader_options(batch_size=batch_size, num_workers=num_workers)
     for name, value, low in (
-        ("batch_size", batch_size, 1),
         ("image_size", image_size, 1),
         ("max_length", max_length, 1),
         ("vocab_size", vocab_size, 1),
-        ("num_workers", num_workers, 0),
     ):
         check_option(f"data.{name}", value, _is_int(value) and value >= low, f"an integer >= {low}")
     for name, value in (("val_ratio", val_ratio), ("test_ratio", test_ratio)):
@@ -41,6 +40,12 @@ def check_data_options(
         isinstance(csv_sep, str) and len(csv_sep) == 1 and csv_sep not in '"\r\n',
         "one character other than a quote or line break, e.g. ',' ';' '\\t' '|'",
     )
+
+
+def check_loader_options(*, batch_size: int, num_workers: int) -> None:
+    """A :class:`ConfigError` for ``batch_size`` < 1 or ``num_workers`` < 0."""
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        check_option(f"data.{name}", value, _is_int(value) and value >= low, f"an integer >= {low}")
 
 
 def _is_int(value: object) -> bool:

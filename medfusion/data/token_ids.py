@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenizers import models
+from tokenizers import models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerBase
 
+from medfusion.data.tokenizer import BERT_WORDS, PLAIN_ASCII
 from medfusion.runs.progress import track
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, max_length: int, text: str) -> list[int]:
+    """The token ids of ``text``, special tokens included, truncated to ``max_length``."""
+    encoded = tokenizer(
+        text, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+    )
+    return encoded["input_ids"]
 
 
 class TokenIds(Sequence):
@@ -27,22 +36,14 @@ class TokenIds(Sequence):
         model = getattr(backend, "model", None)
         bounded = isinstance(model, (models.WordPiece, models.BPE, models.WordLevel))
         self._per_byte = 1 if bounded else 2 if isinstance(model, models.Unigram) else None
+        self._counter = _WordPieceCounter.of(tokenizer)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def __getitem__(self, index: int) -> list[int] | None:  # type: ignore[override]
         text = self.texts[index]
-        if text is None:
-            return None
-        encoded = self.tokenizer(
-            text,
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return encoded["input_ids"]
+        return None if text is None else encode(self.tokenizer, self.max_length, text)
 
     def _may_exceed(self, text: str) -> bool:
         if self._per_byte is None:
@@ -59,8 +60,17 @@ class TokenIds(Sequence):
         )
 
     def _lengths(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts, special tokens included: by the Rust tokenizer directly where there is one
-        (without the offsets and Python objects per token that the transformers call builds, 1.5x faster)."""
+        """Untruncated token counts, special tokens included: counted word by word for plain-ASCII texts of a
+        BERT-style WordPiece tokenizer (:class:`_WordPieceCounter`), else by the Rust tokenizer directly (without
+        the offsets and Python objects per token that the transformers call builds)."""
+        if self._counter is not None:
+            counts = [self._counter.count(text) for text in texts]
+            rest = [text for text, n in zip(texts, counts, strict=True) if n is None]
+            exact = iter(self._encoded_lengths(rest) if rest else [])
+            return [next(exact) if n is None else n + self._specials for n in counts]
+        return self._encoded_lengths(texts)
+
+    def _encoded_lengths(self, texts: list[str]) -> list[int]:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:
             return [len(ids) for ids in self.tokenizer(texts, return_attention_mask=False)["input_ids"]]
@@ -72,3 +82,38 @@ class TokenIds(Sequence):
         finally:
             if truncation is not None:
                 backend.enable_truncation(**truncation)
+
+
+class _WordPieceCounter:
+    """Token counts of plain-ASCII texts for a tokenizer with BERT's normalizer, pre-tokenizer and a WordPiece model
+    (medfusion's own and BERT's): the words found as :func:`~medfusion.data.tokenizer.word_counts` finds them, each
+    word's pieces counted once by the model and remembered. ~20x faster than encoding; the same counts."""
+
+    def __init__(self, model: models.WordPiece, lowercase: bool, added: list[str]) -> None:
+        self.model, self.lowercase, self.added = model, lowercase, added
+        self.pieces: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> _WordPieceCounter | None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or not (
+            isinstance(backend.normalizer, normalizers.BertNormalizer)
+            and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+            and isinstance(backend.model, models.WordPiece)
+        ):
+            return None
+        added = [token.content for token in backend.get_added_tokens_decoder().values()]
+        return cls(backend.model, bool(backend.normalizer.lowercase), added)
+
+    def count(self, text: str) -> int | None:
+        """The text's tokens without special ones, None for a text this cannot count (not plain ASCII, or holding
+        an added token such as ``[MASK]``, which the tokenizer keeps whole)."""
+        if not PLAIN_ASCII.fullmatch(text) or any(token in text for token in self.added):
+            return None
+        total = 0
+        for word in BERT_WORDS.findall(text.lower() if self.lowercase else text):
+            pieces = self.pieces.get(word)
+            if pieces is None:
+                pieces = self.pieces[word] = len(self.model.tokenize(word))
+            total += pieces
+        return total

@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,12 +23,13 @@ from medfusion.data.errors import raise_for_rows
 from medfusion.data.images import DECODE_ERRORS, TOO_LARGE_FIX, check_jpeg, too_large_detail
 from medfusion.runs.progress import track
 
-# Bump when the check itself changes, so that files passed by an older check are checked again.
-CHECK_VERSION = 1
+# Bump when the check itself (or the record's layout) changes, so that files passed by an older check are checked
+# again.
+CHECK_VERSION = 2
 _PARALLEL_FROM = 256  # fewer unverified files than this are checked in the main process
 _QUERY_CHUNK = 500  # paths per SQLite query (below its limit of bound parameters)
 
-FileKey = tuple[str, int, int]  # resolved path, size, mtime_ns
+FileKey = tuple[str, int, int, int]  # absolute path, size, mtime_ns, inode
 
 
 def check_image(path: str | Path) -> tuple[str, str] | None:
@@ -49,7 +50,8 @@ def check_image(path: str | Path) -> tuple[str, str] | None:
 
 
 class VerifiedFiles:
-    """The files known to decode, by resolved path, size and modification time, in ``directory``/verified.sqlite.
+    """The files known to decode, by path and stamp (size, modification time, inode: a file replaced or a symlink
+    re-pointed gets a new one), in ``directory``/verified.sqlite.
 
     An unusable directory (read-only, full) is warned about once and the files are then checked every run."""
 
@@ -60,36 +62,50 @@ class VerifiedFiles:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60)
-        db.execute(f"CREATE TABLE IF NOT EXISTS {self._table} (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
+        db.execute(f"CREATE TABLE IF NOT EXISTS {self._table} (path TEXT PRIMARY KEY, stamp TEXT)")
         return db
 
-    def known(self, keys: Sequence[FileKey]) -> set[FileKey]:
-        """Those of ``keys`` recorded as passed (the same path, size and modification time)."""
-        found: set[FileKey] = set()
+    def unverified(self, paths: Sequence[str], what: str = "images") -> list[tuple[int, str]]:
+        """``(position, stamp)`` of each of ``paths`` not recorded with its current stamp (chunk by chunk, so
+        that a million paths need no million-entry set)."""
+        todo: list[tuple[int, str]] = []
         try:
             with self._connect() as db:
-                for start in range(0, len(keys), _QUERY_CHUNK):
-                    chunk = [key[0] for key in keys[start : start + _QUERY_CHUNK]]
+                chunks = (
+                    range(start, min(start + _QUERY_CHUNK, len(paths))) for start in range(0, len(paths), _QUERY_CHUNK)
+                )
+                description = f"looking up earlier checks of {what}"
+                for chunk in track(chunks, description=description, total=len(paths), unit="images", size=len):
+                    stamps = {i: stamp(paths[i]) for i in chunk}
                     marks = ",".join("?" * len(chunk))
-                    query = f"SELECT path, size, mtime_ns FROM {self._table} WHERE path IN ({marks})"
-                    found.update(db.execute(query, chunk))
+                    query = f"SELECT path, stamp FROM {self._table} WHERE path IN ({marks})"
+                    recorded = dict(db.execute(query, [paths[i] for i in chunk]))
+                    todo += [(i, s) for i, s in stamps.items() if recorded.get(paths[i]) != s]
         except (sqlite3.Error, OSError) as err:
             rank_zero_warn(f"Image verification record {self.path} unusable ({err}); checking every image")
-        return found & set(keys)
+            return [(i, "") for i in range(len(paths))]
+        return todo
 
-    def add(self, keys: Sequence[FileKey]) -> None:
-        """Record ``keys`` as passed."""
+    def add(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Record ``(path, stamp)`` entries as passed."""
         try:
             with self._connect() as db:
-                db.executemany(f"INSERT OR REPLACE INTO {self._table} VALUES (?, ?, ?)", keys)
+                db.executemany(f"INSERT OR REPLACE INTO {self._table} VALUES (?, ?)", entries)
         except (sqlite3.Error, OSError) as err:
             rank_zero_warn(f"Could not record verified images in {self.path} ({err}); they are checked next run")
 
 
+def stamp(path: str | Path) -> str:
+    """What changes when a file's content may have: its size, modification time and inode."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
 def file_key(path: str | Path) -> FileKey:
-    """What identifies a file's content for the caches: its resolved path, size and modification time."""
-    stat = os.stat(path)
-    return os.path.realpath(path), stat.st_size, stat.st_mtime_ns
+    """What identifies a file's content for the caches: its absolute path, size, modification time and inode
+    (no ``realpath``: a million of those cost seconds; a re-pointed symlink changes the inode)."""
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def worker_count(count: int) -> int:
@@ -116,14 +132,14 @@ def verify_images(paths: Sequence[str | Path | None], csv_path: str | Path, cach
     decoded or is too large to decode safely (None: no image, skipped). With ``cache``, files it records as passed
     are skipped and those that pass are recorded."""
     rows = [row for row, path in enumerate(paths) if path is not None]
-    keys = [file_key(paths[row]) for row in rows] if cache is not None else []
+    files = [str(paths[row]) for row in rows]
+    name = Path(csv_path).name
     if cache is not None:
-        known = cache.known(keys)
-        todo = [i for i, key in enumerate(keys) if key not in known]
-        rows, keys = [rows[i] for i in todo], [keys[i] for i in todo]
-    results = _check_all([str(paths[row]) for row in rows], f"verifying images of {Path(csv_path).name}")
+        todo = cache.unverified(files, f"the images of {name}")
+        rows, files, stamps = [rows[i] for i, _ in todo], [files[i] for i, _ in todo], [s for _, s in todo]
+    results = _check_all(files, f"verifying images of {name}")
     if cache is not None:
-        cache.add([key for key, result in zip(keys, results, strict=True) if result is None])
+        cache.add((f, s) for f, s, result in zip(files, stamps, results, strict=True) if result is None and s)
     failed = [(row, result) for row, result in zip(rows, results, strict=True) if result is not None]
     large = [(row, reason) for row, (kind, reason) in failed if kind == "large"]
     bad = [(row, reason) for row, (kind, reason) in failed if kind == "bad"]

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from medfusion.data.dataset import Collate, MultimodalDataset
 from medfusion.data.errors import DataError
 from medfusion.encoders import Encoded, encode_present
+from medfusion.runs.progress import track
 
 if TYPE_CHECKING:
     from medfusion.data.datamodule import MultimodalDataModule
@@ -164,7 +165,8 @@ def build_store(
     try:
         with torch.inference_mode():
             start = 0
-            for batch in loader:
+            description = f"caching {modality} features of {len(dataset):,} samples"
+            for batch in track(loader, description=description, total=len(dataset), unit="samples", size=_samples):
                 if int(batch.get("replaced", 0)):
                     raise DataError(
                         f"An image in {dataset.csv_path} failed to load while caching features; a cache must not hold "
@@ -188,6 +190,10 @@ def build_store(
     store = FeatureStore.open(path)
     store.computed = True
     return store
+
+
+def _samples(batch: dict[str, Any]) -> int:
+    return len(batch["label"])
 
 
 def _max_tokens(dataset: MultimodalDataset, modality: str, collate: Collate) -> int | None:
