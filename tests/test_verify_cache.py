@@ -111,9 +111,10 @@ def test_an_unusable_record_warns_and_still_checks(tmp_path: Path, checks: list[
     paths = write_pngs(tmp_path / "images", 3)
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
-    with pytest.warns(UserWarning, match="checking every image"):
+    with pytest.warns(UserWarning, match="checking every image") as caught:
         verify_images(paths, "samples.csv", VerifiedFiles(blocker))
     assert checks == paths
+    assert len([w for w in caught if "verified.sqlite" in str(w.message)]) == 1  # warned once, not again on writing
 
 
 def test_datamodule_records_in_cache_dir_and_cache_false_records_nothing(tmp_path: Path, checks: list[str]) -> None:

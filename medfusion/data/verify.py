@@ -58,6 +58,7 @@ class VerifiedFiles:
     def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory).expanduser() / "verified.sqlite"
         self._table = f"passed_v{CHECK_VERSION}"
+        self._unusable = False  # warned about once: not written to either
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,11 +84,14 @@ class VerifiedFiles:
                     todo += [(i, s) for i, s in stamps.items() if recorded.get(paths[i]) != s]
         except (sqlite3.Error, OSError) as err:
             rank_zero_warn(f"Image verification record {self.path} unusable ({err}); checking every image")
+            self._unusable = True
             return [(i, "") for i in range(len(paths))]
         return todo
 
     def add(self, entries: Iterable[tuple[str, str]]) -> None:
         """Record ``(path, stamp)`` entries as passed."""
+        if self._unusable:
+            return
         try:
             with self._connect() as db:
                 db.executemany(f"INSERT OR REPLACE INTO {self._table} VALUES (?, ?)", entries)
