@@ -86,6 +86,10 @@ class Trainee:
         return time.perf_counter() - start
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
 def ham_jpegs(folder: Path, count: int) -> Path:
     """``count`` HAM10000-like JPEGs under ``folder/images`` and their ``samples.csv`` (7 classes)."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -147,7 +151,7 @@ def ham224(opts: argparse.Namespace, device: torch.device) -> None:
         sources["files"].num_workers = 0
         batch = next(iter(sources["files"].train_dataloader()))
         consumed = resnet50_samples_per_s(batch, device, opts.warmup, opts.steps)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = device_name(device)
     print(f"224 px loading vs a ResNet-50 training step: torch {torch.__version__}, model on {where},", end="")
     print(f" {os.cpu_count()} CPUs; {opts.num_images} JPEGs of 600 x 450, batch {opts.batch_size}, augment on")
     print(f"setting up files and image cache (the image check, building the cache once): {build:.1f} s;", end="")
@@ -218,7 +222,7 @@ def main() -> None:
     consumed = {name: opts.batch_size / statistics.median(times) for name, times in step_times.items()}
     load = max(load, os.getloadavg()[0])
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = device_name(device)
     print(f"DataModule delivery vs training consumption: torch {torch.__version__}, model on {where};", end="")
     print(f" 1-min load average {load:.1f} on {os.cpu_count()} CPUs")
     print(f"DemoDataModule: {dm.image_size} x {dm.image_size} images, augment {dm.augment},", end="")

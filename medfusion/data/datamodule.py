@@ -118,9 +118,10 @@ class MultimodalDataModule(L.LightningDataModule):
         std: normalisation std.
         verify_images: decode-check every image file in :meth:`setup` (once per job: on rank zero under DDP; over
             worker processes when there are many; files that passed in an earlier run and are unchanged since, by
-            path, size and modification time, are skipped when ``cache`` is on).
-        cache: reuse across runs what depends only on unchanged files (today the image check's record), kept in
-            ``cache_dir``.
+            path, size, modification time and inode, are skipped when ``cache`` is on).
+        cache: reuse what depends only on unchanged inputs, kept in ``cache_dir``: the read and checked data (set-up
+            cache: loaded by the other DDP ranks and by later runs, see ``data/setup_cache.py``) and the image
+            check's record of files that passed.
         cache_dir: where ``cache`` keeps it; default ``$MEDFUSION_CACHE``, else ``~/.cache/medfusion``.
         on_bad_image: an image that fails to decode while batches are loaded (corrupted after the check, or
             ``verify_images: false``): ``"raise"`` a :class:`DataError` naming the file and CSV line, or ``"skip"``:
@@ -308,8 +309,7 @@ class MultimodalDataModule(L.LightningDataModule):
             ]
             trees = [image_dir, *(t.image_dir for t in sets)] if self.image_names else []
             key = setup_key(options, files, trees)
-            empty = Records(Path(csv_path or "none"), [], [], {}, None, None, None, [])
-            data, self.read_from_cache = load_or_read(cache_root(cache_dir), key, read, empty)
+            data, self.read_from_cache = load_or_read(cache_root(cache_dir), key, read)
         else:
             data = read()
         self._table, self._records, self._labels = data.table, data.records, data.labels

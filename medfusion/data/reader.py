@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -186,8 +185,7 @@ def read_all(
     """Read every CSV of a configuration: the training CSV split (unless None), the external test sets, the
     prediction CSV; fit the tabular preprocessor on the training rows and build (or train) the tokenizer, unless
     ``trained`` (a checkpoint's data state) holds them; count the texts over ``max_length``."""
-    empty = Records(Path(csv_path or "none"), [], [], {}, None, None, None, [])
-    table, records = None, dict.fromkeys(SPLITS, empty)
+    table, records = None, dict.fromkeys(SPLITS, Records.empty(csv_path))
     labels: dict[str, list[int]] = {s: [] for s in SPLITS}
     names, counts = list(class_names), trained["class_counts"] if trained else None
     tabular = TabularPreprocessor.from_state(trained["tabular"]) if trained and trained.get("tabular") else None

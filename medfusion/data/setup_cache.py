@@ -56,6 +56,7 @@ def to_json(data: ReadData) -> dict[str, Any]:
         "table": _records_json(table) if table is not None else None,
         # splits as positions in the table, so that a load shares the table's lists between them
         "splits": {s: [position[r] for r in rec.rows] for s, rec in data.records.items()} if table else None,
+        "csv_path": str(data.records["train"].csv_path),  # of the empty splits when there is no table
         "labels": data.labels,
         "class_names": data.class_names,
         "class_counts": data.class_counts,
@@ -68,15 +69,15 @@ def to_json(data: ReadData) -> dict[str, Any]:
     }
 
 
-def from_json(values: dict[str, Any], empty: Records) -> ReadData:
-    """The :class:`ReadData` :func:`to_json` gave; ``empty`` stands for the splits when there was no training CSV."""
+def from_json(values: dict[str, Any]) -> ReadData:
+    """The :class:`ReadData` :func:`to_json` gave."""
     if values.get("format") != SETUP_FORMAT:
         raise ValueError(f"format {values.get('format')!r}, not {SETUP_FORMAT}")
     table = _records_from_json(values["table"]) if values["table"] is not None else None
     records = {s: table.subset(rows) for s, rows in values["splits"].items()} if table is not None else {}
     return ReadData(
         table=table,
-        records=records or dict.fromkeys(SPLITS, empty),
+        records=records or dict.fromkeys(SPLITS, Records.empty(values["csv_path"])),
         labels=values["labels"],
         class_names=values["class_names"],
         class_counts=values["class_counts"],
@@ -155,9 +156,7 @@ def setup_key(options: dict[str, Any], files: Sequence[str | None], trees: Seque
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def load_or_read(
-    directory: str | Path, key: str, read: Callable[[], ReadData], empty: Records
-) -> tuple[ReadData, bool]:
+def load_or_read(directory: str | Path, key: str, read: Callable[[], ReadData]) -> tuple[ReadData, bool]:
     """The entry ``key`` under ``directory/setup`` and True when there is one, else ``read()``, stored there (an
     unusable directory is warned about and skipped), and False. Warnings that reading raised are shown either way."""
     path = Path(directory).expanduser() / "setup" / f"{key}.json"
@@ -165,7 +164,7 @@ def load_or_read(
     if path.is_file():
         try:
             with open(path, encoding="utf-8") as f:
-                data = from_json(json.load(f), empty)
+                data = from_json(json.load(f))
         except (OSError, ValueError, KeyError, TypeError) as err:
             warnings.warn(f"Ignoring the unreadable set-up cache entry {path} ({err}); reading the data", stacklevel=2)
     loaded = data is not None

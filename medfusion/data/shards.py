@@ -47,15 +47,18 @@ def _litdata() -> Any:
     return litdata
 
 
-def pack_sample(dataset: MultimodalDataset, size: int, index: int) -> dict[str, np.ndarray]:
-    """Sample ``index`` of ``dataset`` as arrays only (no strings LitData could take for file paths, no pickle)."""
+def pack_sample(
+    dataset: MultimodalDataset, decode: Callable[[Any], torch.Tensor], size: int, index: int
+) -> dict[str, np.ndarray]:
+    """Sample ``index`` of ``dataset`` as arrays only (no strings LitData could take for file paths, no pickle);
+    ``decode`` (:func:`~medfusion.data.transforms.decode_transform` of ``size``) turns its images into uint8."""
     record: dict[str, Any] = {"index": index, "id": dataset.ids[index], "label": int(dataset.labels[index])}
     present: dict[str, bool] = {}
     item: dict[str, np.ndarray] = {}
     for name, paths in dataset.images.items():
         present[name] = paths[index] is not None
         image = dataset.open_image(paths, index)
-        item[name] = decode_transform(size)(image).numpy() if image is not None else np.zeros((3, size, size), np.uint8)
+        item[name] = decode(image).numpy() if image is not None else np.zeros((3, size, size), np.uint8)
     if dataset.texts is not None and dataset.token_ids is not None:
         record["text"] = dataset.texts[index]
         present["text"] = record["text"] is not None
@@ -101,7 +104,7 @@ def pack(
     sets = {}
     for name, dataset in datasets.items():
         litdata.optimize(
-            fn=partial(pack_sample, dataset, image_size),
+            fn=partial(pack_sample, dataset, decode_transform(image_size), image_size),
             inputs=list(range(len(dataset))),
             output_dir=str(out / name),
             num_workers=num_workers,

@@ -36,6 +36,11 @@ class Records:
     rows: list[int]
     tabular: pd.DataFrame | None = None
 
+    @classmethod
+    def empty(cls, csv_path: str | Path | None) -> Records:
+        """No samples (the splits of a configuration without a training CSV)."""
+        return cls(Path(csv_path or "none"), [], [], {}, None, None, None, [])
+
     def subset(self, rows: Sequence[int]) -> Records:
         def pick(values: list | None) -> list | None:
             return None if values is None else [values[r] for r in rows]

@@ -29,7 +29,7 @@ CHECK_VERSION = 2
 _PARALLEL_FROM = 256  # fewer unverified files than this are checked in the main process
 _QUERY_CHUNK = 500  # paths per SQLite query (below its limit of bound parameters)
 
-FileKey = tuple[str, int, int, int]  # absolute path, size, mtime_ns, inode
+FileKey = tuple[str, str]  # absolute path, stamp
 
 
 def check_image(path: str | Path) -> tuple[str, str] | None:
@@ -106,10 +106,9 @@ def stamp(path: str | Path) -> str:
 
 
 def file_key(path: str | Path) -> FileKey:
-    """What identifies a file's content for the caches: its absolute path, size, modification time and inode
-    (no ``realpath``: a million of those cost seconds; a re-pointed symlink changes the inode)."""
-    st = os.stat(path)
-    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino
+    """What identifies a file's content for the caches: its absolute path and :func:`stamp` (no ``realpath``: a
+    million of those cost seconds; a re-pointed symlink changes the inode)."""
+    return os.path.abspath(path), stamp(path)
 
 
 def worker_count(count: int) -> int:
