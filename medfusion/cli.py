@@ -297,7 +297,7 @@ def explain_main(argv: Sequence[str]) -> None:
 
 
 def pack_main(argv: Sequence[str]) -> None:
-    """medfusion pack --config CFG --out DIR: write the configuration's data (every set, every modality) as LitData
+    """medfusion pack --config CFG --out DIR|URL: write the configuration's data (every set, every modality) as LitData
     streaming shards, read back by ``medfusion.data.ShardDataModule`` (``--data.shards DIR``)."""
     import time
 
@@ -308,7 +308,7 @@ def pack_main(argv: Sequence[str]) -> None:
         description=pack_main.__doc__,
         epilog="Every other option (--config, --data.*) builds the data as for 'medfusion fit'.",
     )
-    parser.add_argument("--out", required=True, help="a new or empty folder for the shards")
+    parser.add_argument("--out", required=True, help="a new or empty folder, or an s3:// gs:// r2:// prefix")
     parser.add_argument("--workers", type=int, default=1, help="processes writing chunks (1 keeps it simplest)")
     parser.add_argument("--chunk_bytes", default="64MB", help="size of each chunk file")
     args, rest = parser.parse_known_args(argv)

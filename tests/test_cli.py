@@ -190,6 +190,21 @@ def test_ddp_metrics_equal_single_process(fitted, command: str) -> None:
         assert sum(int(x) for row in list(csv.reader(matrix.open()))[1:] for x in row[1:]) == 18
 
 
+def test_ddp_test_from_shards_equals_one_process(fitted) -> None:
+    """Under DDP each rank reads its share of the packed sets by global position: the gathered test metrics from
+    shards equal one process's."""
+    root, args, run = fitted
+    best = str(next((run / "checkpoints").glob("best-*.ckpt")))
+    main(["pack", *args, f"--out={root / 'shards'}"])
+    shards = [*args, "--data=medfusion.data.ShardDataModule", f"--data.shards={root / 'shards'}", f"--ckpt_path={best}"]
+    single_root, ddp_root = root / "single_shards", root / "ddp_shards"
+    main(["test", *shards, f"--trainer.logger.init_args.save_dir={single_root}"])
+    run_cli(["test", *shards, f"--trainer.logger.init_args.save_dir={ddp_root}", *DDP], root)
+    single = read_metrics(single_root / "demo" / "version_0")
+    assert "test/macro_auroc" in single
+    assert read_metrics(ddp_root / "demo" / "version_0") == pytest.approx(single, abs=1e-6)
+
+
 def test_ddp_predict_writes_every_id_once(fitted) -> None:
     root, args, run = fitted
     best = str(next((run / "checkpoints").glob("best-*.ckpt")))

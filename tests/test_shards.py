@@ -44,7 +44,7 @@ def folder_module(tmp_path: Path, **kwargs):
 def packed(tmp_path: Path, dm) -> Path:
     dm.setup(None)
     state, report = dm.state_dict(), dict(dm.data_report)
-    return pack(sets_to_pack(dm), tmp_path / "shards", dm.image_size, dm.max_length, state, report)
+    return Path(pack(sets_to_pack(dm), tmp_path / "shards", dm.image_size, dm.max_length, state, report))
 
 
 def same_sample(a: dict, b: dict) -> None:

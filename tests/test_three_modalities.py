@@ -340,7 +340,8 @@ def test_image_text_tabular_fusion_learns_a_label_that_needs_all_three(tmp_path:
 
     (A 2-class label image XOR text XOR tabular has no signal in any bit or pair of bits, so encoders trained from
     scratch get no gradient towards any one of them; it stays at chance in a test-sized budget.)"""
-    triple = make_cases(tmp_path, ["image", "text", "tabular"], lambda b: 4 * b["image"] + 2 * b["text"] + b["tabular"])
+    eight_classes = lambda b: 4 * b["image"] + 2 * b["text"] + b["tabular"]  # noqa: E731
+    triple = make_cases(tmp_path, ["image", "text", "tabular"], eight_classes, blocks=32)  # ~20 training rows a class
     dm = datamodule(triple, ["image", "text", "tabular"], categorical_columns=None)
     assert dm.num_classes == 8
     model = three_modality_model(dm, lr=3e-3, scheduler="constant")

@@ -4,19 +4,25 @@ function and checkpoint state as :class:`MultimodalDataModule`, with samples rea
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
+from typing import Literal
 
 import lightning as L
+import torch
+from torch.utils.data import DataLoader
 
 from medfusion.data.datamodule import MultimodalDataModule
+from medfusion.data.errors import ConfigError
 from medfusion.data.loaders import SamplerKind
 from medfusion.data.options import check_loader_options
-from medfusion.data.shards import ShardDataset, read_meta
+from medfusion.data.shard_store import join, normalize
+from medfusion.data.shards import ShardDataset, read_meta, require_litdata, streamed_set
 from medfusion.data.state import check_same_state, find_data_state
 from medfusion.data.tabular import TabularPreprocessor
 from medfusion.data.token_ids import encode
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, cached_transform
 from medfusion.runs.checkpoints import check_class_names, read_checkpoint, tokenizer_from_state
+
+ShardOrder = Literal["exact", "stream"]
 
 
 class ShardDataModule(MultimodalDataModule):
@@ -25,20 +31,31 @@ class ShardDataModule(MultimodalDataModule):
     to it as to :class:`MultimodalDataModule`, and checkpoints hold the same data state.
 
     Images were decoded and resized at packing time: augmentation (``augment``) crops within the stored square,
-    as with ``data.image_cache``. Loading, sampling and DDP sharding are :class:`MultimodalDataModule`'s, so a run
-    from shards gives the metrics of a run from the folder layout with the image cache.
+    as with ``data.image_cache``. Shards may lie in a local folder or under an object-store prefix (``s3://``,
+    ``gs://``, ``r2://``; credentials and endpoint from the environment, downloaded chunks kept under
+    ``cache_dir``).
+
+    Two training orders: ``"exact"`` (default) reads samples by position with :class:`MultimodalDataModule`'s
+    loaders, samplers and DDP sharding, so a run from shards gives the metrics of a run from the folder layout
+    with the image cache, and resumes as it does. ``"stream"`` reads the training set with LitData's
+    ``StreamingDataLoader``: chunks shuffled with ``seed`` and the epoch, each rank and worker streaming its own
+    share in sequence (what an object store serves fast), and the loader's position travels in checkpoints, so a
+    run resumed from a mid-epoch checkpoint reads exactly the samples the epoch had left (augmentations are drawn
+    anew). Evaluation and prediction sets are read by position, in order, every sample once, in both.
 
     Args:
-        shards: the folder ``medfusion pack`` wrote.
+        shards: the folder or prefix ``medfusion pack`` wrote.
         augment: random crops, flips and colour jitter in training.
         mean: normalisation mean.
         std: normalisation std.
         robustness: one ``no_<name>`` test set per modality, as in :class:`MultimodalDataModule`.
         batch_size: samples per batch (per process under DDP).
         num_workers: DataLoader worker processes.
-        sampler: ``"shuffle"`` or ``"balanced"``, as in :class:`MultimodalDataModule`.
+        sampler: ``"shuffle"`` or ``"balanced"`` (``order="exact"`` only), as in :class:`MultimodalDataModule`.
         seed: seed of the training order.
         from_checkpoint: a trained model's checkpoint, whose classes, modalities and tokenizer must be the shards'.
+        order: ``"exact"`` or ``"stream"`` (see above).
+        cache_dir: where chunks of an object-store prefix are downloaded; default ``<medfusion cache>/shards``.
     """
 
     def __init__(
@@ -53,12 +70,18 @@ class ShardDataModule(MultimodalDataModule):
         sampler: SamplerKind = "shuffle",
         seed: int = 42,
         from_checkpoint: str | None = None,
+        order: ShardOrder = "exact",
+        cache_dir: str | None = None,
     ) -> None:
         L.LightningDataModule.__init__(self)  # nothing to read: the parent's reading is done by the packing
         check_loader_options(batch_size=batch_size, num_workers=num_workers)
         if sampler not in ("shuffle", "balanced"):
             raise ValueError(f"sampler must be 'shuffle' or 'balanced', got {sampler!r}")
-        self.shards = Path(shards).expanduser()
+        if order not in ("exact", "stream"):
+            raise ValueError(f"order must be 'exact' or 'stream', got {order!r}")
+        if order == "stream" and sampler == "balanced":
+            raise ConfigError("sampler='balanced' draws by position: it needs order='exact', not 'stream'.")
+        self.shards, self.order, self.cache_dir = normalize(shards), order, cache_dir
         meta = read_meta(self.shards)
         state = meta["state"]
         self._sets, self._report = meta["sets"], meta["report"]
@@ -98,9 +121,12 @@ class ShardDataModule(MultimodalDataModule):
         listed = self._sets[source]
         tokenize = partial(encode, self.tokenizer, self.max_length) if self.tokenizer is not None else None
         transform = cached_transform(self.image_size, train and self.augment, self.mean, self.std)
-        dataset = ShardDataset(
-            self.shards / source, listed["ids"], listed["labels"], self.modality_kinds, transform, tokenize
-        )
+        folder = join(self.shards, source)
+        if train and self.order == "stream":
+            dataset = streamed_set(folder, self.modality_kinds, transform, tokenize, self.seed, self.cache_dir)
+        else:
+            ids, labels = listed["ids"], listed["labels"]
+            dataset = ShardDataset(folder, ids, labels, self.modality_kinds, transform, tokenize, self.cache_dir)
         self.data_report.update({k: v for k, v in self._report.items() if k.endswith(f"/{source}")})
         return dataset
 
@@ -122,3 +148,21 @@ class ShardDataModule(MultimodalDataModule):
         if stage in ("test", None) and "test" in self.datasets:
             for name in self.robustness_sets:
                 self.datasets[f"test_{name}"] = self.datasets["test"].without(name.removeprefix("no_"))
+
+    def train_dataloader(self) -> DataLoader:
+        """The folder layout's :class:`~medfusion.data.loaders.EpochSeededLoader` (``order="exact"``), or LitData's
+        ``StreamingDataLoader`` over the streamed training set (``order="stream"``), stateful for checkpoints."""
+        if self.order == "exact":
+            return super().train_dataloader()
+        dataset = self._data("train")
+        require_litdata()
+        from medfusion.data.stream_loader import StreamLoader
+
+        return StreamLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=getattr(dataset, "collate_fn", None) or self.collate,
+            drop_last=len(dataset) > self.batch_size,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.dataset import MultimodalDataset
 from medfusion.data.errors import ConfigError, DataError
+from medfusion.data.shard_store import is_empty, join, normalize, read_text, stream_cache, write_text
 from medfusion.data.transforms import decode_transform
 
 SHARD_FORMAT = 1
@@ -39,7 +40,7 @@ META = "medfusion.json"
 _INSTALL = "pip install 'medfusion[shards]' (or: pip install litdata)"
 
 
-def _litdata() -> Any:
+def require_litdata() -> Any:
     try:
         import litdata
     except ImportError:
@@ -94,19 +95,19 @@ def pack(
     num_workers: int = 1,
     chunk_bytes: str = "64MB",
 ) -> Path:
-    """Write ``datasets`` (by set name) to ``out_dir`` as LitData chunks, with ``medfusion.json`` (``state`` is the
-    datamodule's ``state_dict``, ``report`` its data report, ``max_length`` its text truncation); ``out_dir`` must not
-    exist or be empty."""
-    litdata = _litdata()
-    out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"pack: {out} is not empty. Fix: name a new or empty folder.")
+    """Write ``datasets`` (by set name) to ``out_dir`` (a folder or an object-store prefix) as LitData chunks, with
+    ``medfusion.json`` (``state`` is the datamodule's ``state_dict``, ``report`` its data report, ``max_length`` its
+    text truncation); nothing may be stored there yet. Returns ``out_dir`` as written."""
+    litdata = require_litdata()
+    out = normalize(out_dir)
+    if not is_empty(out):
+        raise ConfigError(f"pack: {out} is not empty. Fix: name a new or empty folder or prefix.")
     sets = {}
     for name, dataset in datasets.items():
         litdata.optimize(
             fn=partial(pack_sample, dataset, decode_transform(image_size), image_size),
             inputs=list(range(len(dataset))),
-            output_dir=str(out / name),
+            output_dir=join(out, name),
             num_workers=num_workers,
             chunk_bytes=chunk_bytes,
             reorder_files=False,
@@ -117,19 +118,21 @@ def pack(
         sets[name] = {"ids": list(dataset.ids), "labels": [int(label) for label in dataset.labels]}
     meta = {"format": SHARD_FORMAT, "image_size": image_size, "max_length": max_length, "state": state}
     meta |= {"report": report, "sets": sets}
-    (out / META).write_text(json.dumps(meta))
+    write_text(join(out, META), json.dumps(meta))
     return out
 
 
-def read_meta(location: str | Path) -> dict[str, Any]:
-    """``medfusion.json`` of packed shards, with a :class:`DataError` naming what is wrong."""
-    path = Path(location).expanduser() / META
-    if not path.is_file():
-        raise DataError(f"{path} not found: {location} holds no medfusion shards. Fix: write them with medfusion pack.")
+def read_meta(location: str) -> dict[str, Any]:
+    """``medfusion.json`` of the shards at ``location`` (a folder or prefix), with a :class:`DataError` naming what
+    is wrong."""
+    path = join(location, META)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        text = read_text(path)
+        meta = json.loads(text) if text is not None else None
     except (OSError, ValueError) as err:
         raise DataError(f"{path} is not readable JSON ({err}). Fix: pack the shards again.") from None
+    if meta is None:
+        raise DataError(f"{path} not found: {location} holds no medfusion shards. Fix: write them with medfusion pack.")
     if meta.get("format") != SHARD_FORMAT:
         raise DataError(
             f"{path} is shard format {meta.get('format')!r}; this medfusion reads format {SHARD_FORMAT}. "
@@ -138,11 +141,14 @@ def read_meta(location: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _refuse_pickle(folder: Path) -> None:
-    """A :class:`DataError` when a set's ``index.json`` declares pickled fields (or cannot be read)."""
-    index = folder / "index.json"
+def _count_samples(folder: str) -> int:
+    """The number of samples a set's ``index.json`` lists (all ranks' together), with a :class:`DataError` when it
+    declares pickled fields or cannot be read."""
+    index = join(folder, "index.json")
     try:
-        formats = json.loads(index.read_text(encoding="utf-8"))["config"]["data_format"]
+        content = json.loads(read_text(index) or "")
+        formats = content["config"]["data_format"]
+        count = sum(int(chunk["chunk_size"]) for chunk in content["chunks"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"{index} is not a LitData index ({err}). Fix: pack the shards again.") from None
     if any("pickle" in str(f) for f in formats):
@@ -150,39 +156,71 @@ def _refuse_pickle(folder: Path) -> None:
             f"{index} declares pickled fields ({formats}): reading them would run code from the file. medfusion "
             "never writes those. Fix: pack the data again with medfusion pack."
         )
+    return count
+
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+Tokenize = Callable[[str], list[int]]
+
+
+def unpack_sample(
+    item: dict[str, Any], kinds: dict[str, str], transform: Transform, tokenize: Tokenize | None, absent: frozenset
+) -> dict[str, Any]:
+    """A packed ``item`` as :class:`MultimodalDataset` gives the sample: images through ``transform`` from the
+    stored uint8, texts tokenized, tabular rows as stored; the modalities in ``absent`` taken away."""
+    record = json.loads(bytes(item["record"]))
+    sample: dict[str, Any] = {"id": record["id"], "label": record["label"], "present": {}}
+    for name, kind in kinds.items():
+        present = bool(record["present"][name]) and name not in absent
+        sample["present"][name] = present
+        if kind == "image":
+            sample[name] = transform(torch.from_numpy(np.array(item[name]))) if present else None
+        elif kind == "text":
+            sample[name] = tokenize(record["text"]) if present and tokenize is not None else None
+        else:
+            sample[name] = {
+                "numeric": np.array(item["tabular_numeric"]),
+                "numeric_missing": np.array(item["tabular_numeric_missing"]).astype(bool),
+                "categorical": np.array(item["tabular_categorical"]),
+            }
+    return sample
 
 
 class ShardDataset(Dataset):
-    """One packed set, read by position: samples exactly like :class:`MultimodalDataset`'s (images through
-    ``transform`` from the stored uint8, texts tokenized as read, tabular rows as stored).
+    """One packed set, read by position: samples exactly like :class:`MultimodalDataset`'s
+    (:func:`unpack_sample`), so any sampler and DDP sharding read it as they read the folder.
 
     Args:
-        folder: the set's LitData folder (``<shards>/<set>``).
+        folder: the set's LitData folder or prefix (``<shards>/<set>``).
         ids: the set's sample ids, in order (from ``medfusion.json``).
         labels: their class indices.
         kinds: the modality names and kinds of the samples.
         transform: applied to each stored uint8 image.
         tokenize: a text to its token ids.
+        cache_dir: where the chunks of an object-store prefix are downloaded (see
+            :func:`~medfusion.data.shard_store.stream_cache`).
     """
 
     def __init__(
         self,
-        folder: str | Path,
+        folder: str,
         ids: Sequence[str],
         labels: Sequence[int],
         kinds: dict[str, str],
-        transform: Callable[[torch.Tensor], torch.Tensor],
-        tokenize: Callable[[str], list[int]] | None,
+        transform: Transform,
+        tokenize: Tokenize | None,
+        cache_dir: str | Path | None = None,
     ) -> None:
-        folder = Path(folder)
-        _refuse_pickle(folder)
+        count = _count_samples(folder)
         self.folder, self.ids, self.labels, self.kinds = folder, list(ids), list(labels), dict(kinds)
         self.transform, self.tokenize = transform, tokenize
-        self.absent: set[str] = set()  # modalities taken away (robustness sets)
+        self.absent: frozenset[str] = frozenset()  # modalities taken away (robustness sets)
         # Samples are read by position in any order: decode one at a time, not the next ~100 of its chunk each time.
-        self.stream = _litdata().StreamingDataset(str(folder), batch_decode=False)
-        if len(self.stream) != len(self.ids):
-            listed = f"{folder} holds {len(self.stream)} samples, {META} lists {len(self.ids)}"
+        cache = stream_cache(folder, cache_dir)
+        self.stream = require_litdata().StreamingDataset(folder, cache_dir=cache, batch_decode=False)
+        # Not len(self.stream): under DDP that is one rank's share, while positions stay global.
+        if count != len(self.ids):
+            listed = f"{folder} holds {count} samples, {META} lists {len(self.ids)}"
             raise DataError(f"{listed}. Fix: pack the shards again.")
 
     @property
@@ -194,26 +232,12 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.stream[index]
-        record = json.loads(bytes(item["record"]))
-        if record["index"] != index or record["id"] != self.ids[index]:
+        sample = unpack_sample(item, self.kinds, self.transform, self.tokenize, self.absent)
+        if sample["id"] != self.ids[index] or json.loads(bytes(item["record"]))["index"] != index:
             raise DataError(
-                f"{self.folder}: position {index} holds sample {record['index']} ({record['id']!r}), not "
-                f"{self.ids[index]!r}: the chunks are out of order. Fix: pack the shards again."
+                f"{self.folder}: position {index} holds sample {sample['id']!r}, not {self.ids[index]!r}: the "
+                "chunks are out of order. Fix: pack the shards again."
             )
-        sample: dict[str, Any] = {"id": record["id"], "label": record["label"], "present": {}}
-        for name, kind in self.kinds.items():
-            present = bool(record["present"][name]) and name not in self.absent
-            sample["present"][name] = present
-            if kind == "image":
-                sample[name] = self.transform(torch.from_numpy(np.array(item[name]))) if present else None
-            elif kind == "text":
-                sample[name] = self.tokenize(record["text"]) if present else None
-            else:
-                sample[name] = {
-                    "numeric": np.array(item["tabular_numeric"]),
-                    "numeric_missing": np.array(item["tabular_numeric_missing"]).astype(bool),
-                    "categorical": np.array(item["tabular_categorical"]),
-                }
         return sample
 
     def without(self, modality: str) -> ShardDataset:
@@ -223,3 +247,24 @@ class ShardDataset(Dataset):
         dataset = copy.copy(self)
         dataset.absent = self.absent | {modality}
         return dataset
+
+
+def streamed_set(
+    folder: str,
+    kinds: dict[str, str],
+    transform: Transform,
+    tokenize: Tokenize | None,
+    seed: int,
+    cache_dir: str | Path | None = None,
+) -> Any:
+    """One packed set as LitData streams it: a ``StreamingDataset`` shuffled chunk by chunk with ``seed`` (and the
+    epoch), each rank and worker reading its own chunks, its samples :func:`unpack_sample`'s. Read it with a
+    ``litdata.StreamingDataLoader``, whose state (samples yielded) resumes an epoch where a checkpoint left it."""
+    _count_samples(folder)
+    return require_litdata().StreamingDataset(
+        folder,
+        cache_dir=stream_cache(folder, cache_dir),
+        shuffle=True,
+        seed=seed,
+        transform=partial(unpack_sample, kinds=kinds, transform=transform, tokenize=tokenize, absent=frozenset()),
+    )
