@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from medfusion.data.cache_dir import cache_root
+from medfusion.data.crops import Crops, crop_specs
 from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
 from medfusion.data.distributed import once_per_job
 from medfusion.data.errors import DataError
@@ -86,6 +87,11 @@ class MultimodalDataModule(L.LightningDataModule):
             spelling (ties: the first seen), in the training CSV and in every test set.
         image_columns: further image modalities by name, each with its CSV column of paths relative to
             ``image_dir`` (``{frontal: frontal_path, lateral: lateral_path}``; two views of a case).
+        crops: image modalities cut from another one around the lesion, at the file's resolution (global-local
+            input): ``{local: {source: image, box_columns: [x0, y0, x1, y1], units: pixels | fractions, margin:
+            0.1}}`` or ``{local: {source: image, mask_column: mask_path}}`` (the mask's bounding box); see
+            :mod:`medfusion.data.crops`. A box with ``x1 <= x0`` or ``y1 <= y0`` is an error naming its rows; one
+            reaching outside its image is clipped, with a warning.
         numeric_columns: numeric clinical variables of the ``tabular`` modality (``[age, psa]``), standardised
             with the mean and std of the training rows only; a missing value is flagged, never a silent 0.
         categorical_columns: categorical variables of the ``tabular`` modality (``[sex, localization]``), read
@@ -171,6 +177,7 @@ class MultimodalDataModule(L.LightningDataModule):
         label_column: str = "label",
         image_column: str | None = None,
         image_columns: dict[str, str] | None = None,
+        crops: dict[str, dict[str, Any]] | None = None,
         numeric_columns: list[str] | None = None,
         categorical_columns: list[str] | None = None,
         split_column: str | None = None,
@@ -239,6 +246,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.batch_size, self.num_workers = batch_size, num_workers
         self.image_columns = dict(image_columns or {})
+        self.crops = crop_specs(crops, list(self.image_columns) or (["image"] if image_dir else []))
         trained = find_data_state(read_checkpoint(from_checkpoint), from_checkpoint) if from_checkpoint else None
         spec = None
         if numeric_columns or categorical_columns:
@@ -247,7 +255,12 @@ class MultimodalDataModule(L.LightningDataModule):
             spec = TabularPreprocessor.from_state(trained["tabular"]).spec
         has_text = any(source is not None for source in (text_json, text_column, text_template))
         self.modality_kinds = resolve_modalities(
-            modalities, image_dir=image_dir, image_columns=self.image_columns, has_text=has_text, has_tabular=bool(spec)
+            modalities,
+            image_dir=image_dir,
+            image_columns=self.image_columns,
+            has_text=has_text,
+            has_tabular=bool(spec),
+            crops=list(self.crops),
         )
         self.modalities = list(self.modality_kinds)
         self.image_names = [name for name, kind in self.modality_kinds.items() if kind == "image"]
@@ -268,10 +281,12 @@ class MultimodalDataModule(L.LightningDataModule):
             check_same_state({"modalities": trained["modalities"]}, {"modalities": self.modality_kinds})
         if trained and class_names:
             check_class_names(trained["class_names"], class_names, from_checkpoint)
+        read_images = [name for name in self.image_names if name not in self.crops]
+        read_images += [s.source for s in self.crops.values() if s.source not in read_images]
         reader = CsvReader(
             id_column,
             label_column,
-            {name: self._path_column(name) for name in self.image_names},
+            {name: self._path_column(name) for name in read_images},
             self.uses_text,
             text_column,
             text_template,
@@ -280,6 +295,7 @@ class MultimodalDataModule(L.LightningDataModule):
             csv_sep,
             self.na_values,
             merge_equivalent_labels,
+            {name: spec for name, spec in self.crops.items() if name in self.image_names},
         )
         read = partial(
             read_all,
@@ -331,7 +347,9 @@ class MultimodalDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def _path_column(self, name: str) -> str | None:
-        """The CSV column of image modality ``name``'s paths (None: found by id)."""
+        """The CSV column of image modality ``name``'s paths (None: found by id); a crop's is its source's."""
+        if name in self.crops:
+            name = self.crops[name].source
         return self.image_columns.get(name, self.image_column if name == "image" else None)
 
     @property
@@ -415,6 +433,7 @@ class MultimodalDataModule(L.LightningDataModule):
             ids=records.ids,
             labels=labels,
             images={modality: records.images[modality] for modality in self.image_names},
+            crops={m: self._crops(records, m) for m in self.image_names if m in self.crops},
             token_ids=self._tokenize(records, name) if self.uses_text else None,
             tabular=tabular,
             tabular_present=tabular_present,
@@ -435,10 +454,15 @@ class MultimodalDataModule(L.LightningDataModule):
         def build() -> dict[str, str]:
             what = "{} images of the " + name + " set"
             return {
-                m: str(image_entry(directory, m, records.images[m], size, what.format(m))) for m in self.image_names
+                m: str(image_entry(directory, m, records.images[m], size, what.format(m), self._crops(records, m)))
+                for m in self.image_names
             }
 
         return {m: CachedImages.open(Path(folder)) for m, folder in once_per_job(self.trainer, build).items()}
+
+    def _crops(self, records: Records, name: str) -> Crops | None:
+        """How image modality ``name`` of ``records`` is cut (None: it is not a crop)."""
+        return Crops(self.crops[name], records.crops[name]) if name in self.crops else None
 
     def _tokenize(self, records: Records, name: str) -> TokenIds:
         """Token ids per text of ``records`` (None stays None), computed as samples are read; the truncated ones

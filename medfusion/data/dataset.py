@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medfusion.data.crops import CropError, CropReader, Crops
 from medfusion.data.errors import DataError, raise_for_rows, row_line
 from medfusion.data.image_cache import CachedImages
 from medfusion.data.images import DECODE_ERRORS, ImageTooLarge, load_rgb
@@ -54,6 +55,7 @@ class MultimodalDataset(Dataset):
         cached: per image modality name, its decoded-image cache entry (images stored there are read from it, the
             others from their files).
         cached_transform: applied to the uint8 images read from ``cached`` instead of ``transform``.
+        crops: per crop modality name (``data.crops``), how its images (its source's files) are cut.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class MultimodalDataset(Dataset):
         on_bad_image: SamplePolicy = "raise",
         cached: dict[str, CachedImages] | None = None,
         cached_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        crops: dict[str, Crops] | None = None,
     ) -> None:
         images = dict(images or {})
         sized = {f"images[{name!r}]": paths for name, paths in images.items()}
@@ -97,6 +100,8 @@ class MultimodalDataset(Dataset):
         self.on_bad_image = on_bad_image
         self.cached = dict(cached or {})
         self.cached_transform = cached_transform
+        self.crops = dict(crops or {})
+        self._cropper = CropReader(self.crops, self._where)
         self._bad: set[int] = set()  # indices whose image failed to decode (per process)
 
     @property
@@ -147,7 +152,7 @@ class MultimodalDataset(Dataset):
                 sample[name] = self.cached_transform(pixels) if self.cached_transform else pixels
             else:
                 blanked = blank and paths[index] is not None
-                image = Image.new("RGB", (8, 8)) if blanked else self.open_image(paths, index)
+                image = Image.new("RGB", (8, 8)) if blanked else self.load_image(name, index)
                 sample[name] = self.transform(image) if self.transform and image is not None else image
             sample["present"][name] = paths[index] is not None
         if self.token_ids is not None:
@@ -157,6 +162,27 @@ class MultimodalDataset(Dataset):
             sample["tabular"] = self.tabular.row(index)
             sample["present"]["tabular"] = self.tabular_present[index]
         return sample
+
+    def _where(self, index: int) -> str:
+        """Sample ``index``'s place for messages: its CSV line, else its id."""
+        if self.csv_path is not None and self.rows is not None:
+            return f"{self.csv_path} line {row_line(self.csv_path, self.rows[index])}"
+        return f"id {self.ids[index]!r}"
+
+    def load_image(self, name: str, index: int) -> Any:
+        """Image modality ``name`` of sample ``index`` as an RGB image (None: it has none), cut to its crop when
+        ``name`` is one (:mod:`medfusion.data.crops`; a crop that cannot be cut is a :class:`DataError`)."""
+        paths = self.images[name]
+        image = self.open_image(paths, index)
+        if image is None or name not in self.crops:
+            return image
+        try:
+            return self._cropper.cut(name, image, index, paths[index])
+        except CropError as err:
+            if self.csv_path is not None and self.rows is not None:
+                raise_for_rows(f"A {name!r} crop that cannot be cut", self.csv_path, [self.rows[index]], [err.detail],
+                               err.fix)  # fmt: skip
+            raise DataError(f"The {name!r} crop of id {self.ids[index]!r}: {err.detail}. Fix: {err.fix}") from None
 
     def open_image(self, paths: list[Path | None], index: int) -> Any:
         """The RGB image ``paths[index]`` (None for no image); a file that fails to decode raises as

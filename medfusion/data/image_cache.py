@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfusion.data.crops import CropError, Crops
 from medfusion.data.images import DECODE_ERRORS, load_rgb
 from medfusion.data.transforms import decode_transform
 from medfusion.data.verify import file_key, worker_count
@@ -60,28 +61,42 @@ class CachedImages:
         return cls(np.load(folder / "pixels.npy", mmap_mode="r"), np.load(folder / "stored.npy"))
 
 
-def entry_name(modality: str, paths: Sequence[str | None], size: int) -> str:
-    """``<modality>-<size>px-<hash>`` of the files (resolved path, size, modification time), the size and the rule."""
+def entry_name(modality: str, paths: Sequence[str | None], size: int, crops: Crops | None = None) -> str:
+    """``<modality>-<size>px-<hash>`` of the files (resolved path, size, modification time), the size, the rule and
+    the crops (boxes or mask files) when the modality is cut from its files."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(json.dumps({"decode": DECODE_VERSION, "size": size, "channels": 3}).encode())
+    if crops is not None:
+        digest.update(crops.digest().encode())
     for path in paths:
         digest.update(f"{file_key(path) if path is not None else None}\n".encode())
     return f"{modality}-{size}px-{digest.hexdigest()}"
 
 
 def cached_images(
-    directory: str | Path, modality: str, paths: Sequence[str | None], size: int, what: str = "images"
+    directory: str | Path,
+    modality: str,
+    paths: Sequence[str | None],
+    size: int,
+    what: str = "images",
+    crops: Crops | None = None,
 ) -> CachedImages:
     """The entry for ``paths`` at ``size``, built first when there is none (see :func:`image_entry`)."""
-    return CachedImages.open(image_entry(directory, modality, paths, size, what))
+    return CachedImages.open(image_entry(directory, modality, paths, size, what, crops))
 
 
 def image_entry(
-    directory: str | Path, modality: str, paths: Sequence[str | None], size: int, what: str = "images"
+    directory: str | Path,
+    modality: str,
+    paths: Sequence[str | None],
+    size: int,
+    what: str = "images",
+    crops: Crops | None = None,
 ) -> Path:
-    """The folder of the entry for ``paths`` at ``size``, built first when there is none (with progress, over worker
-    processes when there are many images); a failed build leaves nothing behind."""
-    folder = Path(directory).expanduser() / entry_name(modality, paths, size)
+    """The folder of the entry for ``paths`` at ``size`` (each image cut to its crop first, with ``crops``), built
+    first when there is none (with progress, over worker processes when there are many images); a failed build
+    leaves nothing behind."""
+    folder = Path(directory).expanduser() / entry_name(modality, paths, size, crops)
     if (folder / "stored.npy").is_file():
         return folder
     staging = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -93,7 +108,7 @@ def image_entry(
         stored = np.zeros(len(paths), dtype=bool)
         todo = [i for i, path in enumerate(paths) if path is not None]
         chunks = [todo[start : start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
-        tasks = [(str(staging / "pixels.npy"), [(i, str(paths[i])) for i in chunk], size) for chunk in chunks]
+        tasks = [(str(staging / "pixels.npy"), [(i, str(paths[i])) for i in chunk], size, crops) for chunk in chunks]
         description = f"caching decoded {what} at {size} px"
         for _, done in track(_run(tasks), description=description, total=len(todo), unit="images", size=_tried):
             stored[done] = True
@@ -108,7 +123,7 @@ def image_entry(
     return folder
 
 
-Task = tuple[str, list[tuple[int, str]], int]  # the array's path, (index, image path) items, the size
+Task = tuple[str, list[tuple[int, str]], int, Crops | None]  # the array, (index, image path) items, size, crops
 
 
 def _tried(result: tuple[int, list[int]]) -> int:
@@ -117,7 +132,7 @@ def _tried(result: tuple[int, list[int]]) -> int:
 
 def _run(tasks: list[Task]) -> Iterator[tuple[int, list[int]]]:
     """What :func:`_store` returns for each task, over worker processes when there are many images."""
-    workers = worker_count(sum(len(items) for _, items, _ in tasks))
+    workers = worker_count(sum(len(task[1]) for task in tasks))
     if not workers:
         yield from map(_store, tasks)
         return
@@ -128,15 +143,18 @@ def _run(tasks: list[Task]) -> Iterator[tuple[int, list[int]]]:
 
 def _store(task: Task) -> tuple[int, list[int]]:
     """Decode a task's ``(index, path)`` items into rows of its array: how many were tried, the indices stored."""
-    array_path, items, size = task
+    array_path, items, size, crops = task
     pixels = np.load(array_path, mmap_mode="r+")
     transform = decode_transform(size)
     done = []
     for index, path in items:
         try:
-            pixels[index] = transform(load_rgb(path)).numpy()
-        except DECODE_ERRORS:
-            continue  # read from the file again, where data.on_bad_image decides
+            image = load_rgb(path)
+            if crops is not None:
+                image = image.crop(crops.box(index, *image.size)[0])
+            pixels[index] = transform(image).numpy()
+        except (*DECODE_ERRORS, CropError):
+            continue  # read from the file again, where data.on_bad_image (or the crop's error) decides
         done.append(index)
     pixels.flush()
     return len(items), done

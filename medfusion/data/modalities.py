@@ -2,8 +2,9 @@
 
 A modality is a name and a kind (``image``, ``text`` or ``tabular``). ``image`` is the image found by id (or by
 ``data.image_column``); the keys of ``data.image_columns`` are further images, each from its own column
-(``frontal`` and ``lateral``); ``text`` is the one text (JSON, column or template); ``tabular`` the clinical
-variables of ``data.numeric_columns`` and ``data.categorical_columns``.
+(``frontal`` and ``lateral``); the keys of ``data.crops`` are images cut from one of those around the lesion
+(``local``, see :mod:`medfusion.data.crops`); ``text`` is the one text (JSON, column or template); ``tabular``
+the clinical variables of ``data.numeric_columns`` and ``data.categorical_columns``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ def resolve_modalities(
     image_columns: dict[str, str],
     has_text: bool,
     has_tabular: bool,
+    crops: Sequence[str] = (),
 ) -> dict[str, str]:
     """The modality names and kinds a datamodule loads, in order: ``requested``, else every modality the options
     describe (images, then text, then tabular). A :class:`ConfigError` names an unknown or repeated name."""
-    images = list(image_columns) or (["image"] if image_dir else [])
+    images = [*(list(image_columns) or (["image"] if image_dir else [])), *crops]
     if requested is None:
         requested = [*images, *(["text"] if has_text else []), *(["tabular"] if has_tabular else [])]
     requested = list(requested)
@@ -43,9 +45,12 @@ def resolve_modalities(
     clash = [name for name in image_columns if name in ("text", "tabular")]
     if clash:
         raise ConfigError(f"data.image_columns names {clash}, which are other kinds of modality. Fix: rename them.")
+    clash = [name for name in crops if name in ("text", "tabular", "image", *image_columns)]
+    if clash:
+        raise ConfigError(f"data.crops names {clash}, which are modalities already. Fix: rename the crops.")
     kinds: dict[str, str] = {}
     for name in requested:
-        if name in image_columns or name == "image":
+        if name in image_columns or name == "image" or name in crops:
             kinds[name] = "image"
         elif name in ("text", "tabular"):
             kinds[name] = name

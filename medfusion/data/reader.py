@@ -10,6 +10,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
+from medfusion.data.crops import CropSpec
 from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex
 from medfusion.data.splits import assign_splits, rare_class_warnings
@@ -28,7 +29,8 @@ SPLITS = ("train", "val", "test")
 class CsvReader:
     """How every CSV of a configuration is read: its columns, modalities and cell conventions.
 
-    ``image_columns`` maps each image modality name to its column of paths (None: found by id).
+    ``image_columns`` maps each image modality name to its column of paths (None: found by id); ``crops`` the
+    modalities cut from one of them (:mod:`medfusion.data.crops`).
     """
 
     id_column: str
@@ -42,6 +44,7 @@ class CsvReader:
     sep: str = ","
     na_values: list[str] = field(default_factory=list)
     merge_equivalent_labels: bool = False
+    crops: dict[str, CropSpec] = field(default_factory=dict)
 
     def read(
         self,
@@ -73,6 +76,7 @@ class CsvReader:
             allow_missing=self.allow_missing,
             sep=self.sep,
             na_values=self.na_values,
+            crops=self.crops,
         )
 
     def merge_labels(self, records: Records, class_names: Sequence[str]) -> Records:

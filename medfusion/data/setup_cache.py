@@ -105,6 +105,7 @@ def _records_json(records: Records) -> dict[str, Any]:
         "groups": records.groups,
         "rows": records.rows,
         "tabular": tabular,
+        "crops": records.crops,
     }
 
 
@@ -122,6 +123,7 @@ def _records_from_json(data: dict[str, Any]) -> Records:
         data["groups"],
         data["rows"],
         tabular,
+        data["crops"],
     )
 
 

@@ -58,7 +58,7 @@ def pack_sample(
     item: dict[str, np.ndarray] = {}
     for name, paths in dataset.images.items():
         present[name] = paths[index] is not None
-        image = dataset.open_image(paths, index)
+        image = dataset.load_image(name, index)
         item[name] = decode(image).numpy() if image is not None else np.zeros((3, size, size), np.uint8)
     if dataset.texts is not None and dataset.token_ids is not None:
         record["text"] = dataset.texts[index]

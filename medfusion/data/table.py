@@ -7,12 +7,13 @@ import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import pandas as pd
 
+from medfusion.data.crops import CropSpec, read_boxes
 from medfusion.data.errors import DataError, not_utf8, raise_for_rows, register_separator, row_lines
 from medfusion.data.images import ImageIndex
 from medfusion.data.texts import collect_texts
@@ -24,7 +25,8 @@ class Records:
     holds one file list per image modality name, an entry None where that sample has no such image
     (``allow_missing``), and a ``texts`` entry is None where it has no text; ``rows`` are the 0-based data rows of
     the CSV (for error messages, and to index ``tabular``). ``tabular`` is the CSV's tabular columns, all rows
-    (:meth:`subset` keeps the frame and narrows ``rows``), for the tabular preprocessor."""
+    (:meth:`subset` keeps the frame and narrows ``rows``), for the tabular preprocessor. ``crops`` holds per crop
+    modality (``data.crops``) each sample's box (4 numbers) or mask file; its ``images`` are its source's."""
 
     csv_path: Path
     ids: list[str]
@@ -35,6 +37,7 @@ class Records:
     groups: list[str] | None
     rows: list[int]
     tabular: pd.DataFrame | None = None
+    crops: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, csv_path: str | Path | None) -> Records:
@@ -55,6 +58,7 @@ class Records:
             pick(self.groups),
             pick(self.rows),
             self.tabular,
+            {name: pick(values) for name, values in self.crops.items()},
         )
 
     def tabular_absent(self) -> list[bool]:
@@ -257,6 +261,7 @@ def read_records(
     allow_missing: Collection[str] = (),
     sep: str = ",",
     na_values: Sequence[str] = (),
+    crops: dict[str, CropSpec] | None = None,
 ) -> Records:
     """Read and validate one CSV. ``image_columns`` maps each image modality name to its column of paths (None:
     the files are found by id); ``image_index=None`` skips images; no text source skips texts;
@@ -266,15 +271,17 @@ def read_records(
     With ``labels_required=False`` (prediction CSVs) a missing label column gives unlabelled records.
     ``allow_missing`` (modality names) lets an empty image-path cell, a missing text or (``"tabular"``) a row
     with every tabular cell empty mark a sample without that modality (None in the records); a sample without
-    any modality is still an error. ``sep`` and ``na_values`` are as in :func:`read_csv`.
+    any modality is still an error. ``sep`` and ``na_values`` are as in :func:`read_csv`. ``crops`` (by modality
+    name) adds images cut from their source modality's: its boxes or mask files (found like the images).
     """
     csv_path = Path(csv_path).expanduser()
-    image_columns = dict(image_columns or {})
-    path_columns = [c for c in image_columns.values() if c]
+    image_columns, crops = dict(image_columns or {}), dict(crops or {}) if image_index is not None else {}
+    path_columns = [c for c in image_columns.values() if c] + [s.mask_column for s in crops.values() if s.mask_column]
     as_text = [c for c in (id_column, label_column, *path_columns, split_column, group_column) if c]
     as_text += [c for c in categorical_columns if c not in as_text]
     required = [c for c in as_text if c != label_column or labels_required]
     required += [c for c in tabular_columns if c not in required]
+    required += [c for spec in crops.values() for c in spec.columns if c not in required]
     table = read_csv(csv_path, required, as_text, sep=sep, na_values=na_values)
     if label_column not in table.columns:
         label_column = None
@@ -295,6 +302,14 @@ def read_records(
                 fix = f" (or set data.allow_missing: [{name}] to keep samples without this image)"
                 keys = list(_column_values(table, column, csv_path, "image path", fix))
             images[name] = image_index.resolve_all(keys, csv_path)
+    crop_values: dict[str, list] = {}
+    for name, spec in crops.items():
+        images[name] = list(images[spec.source])
+        if spec.box_columns is not None:
+            crop_values[name] = read_boxes(table, spec, csv_path)
+        else:
+            masks = _column_values(table, spec.mask_column, csv_path, "mask path")
+            crop_values[name] = image_index.resolve_all(masks, csv_path)  # type: ignore[union-attr]
     texts = None
     if any(s is not None for s in (json_path, text_column, text_template)):
         texts = collect_texts(
@@ -308,7 +323,7 @@ def read_records(
             allow_missing="text" in allow_missing,
         )
     tabular = table[list(tabular_columns)] if tabular_columns else None
-    records = Records(csv_path, ids, labels, images, texts, None, None, list(range(len(ids))), tabular)
+    records = Records(csv_path, ids, labels, images, texts, None, None, list(range(len(ids))), tabular, crop_values)
     _check_some_modality(records, allow_missing)
     records.splits = _column_values(table, split_column, csv_path, "split") if split_column else None
     records.groups = _column_values(table, group_column, csv_path, "group") if group_column else None

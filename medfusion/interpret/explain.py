@@ -1,4 +1,5 @@
-"""Per-sample explanations of a batch (Grad-CAM per image, attention, modality weights, routing) and their figures."""
+"""Per-sample explanations of a batch (Grad-CAM per image, attention, modality weights, routing, the dual-expert
+gate) and their figures."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedTokenizerBase
 
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.interpret.gradcam import gradcam
 from medfusion.interpret.maps import ForwardMaps, forward_maps, patch_map
 from medfusion.models.base import ClassifierModule
@@ -35,7 +37,7 @@ class Explanation:
     not [UNK]) too when a tokenizer was given, and then ``tokens`` names the rows. ``feature_attention`` holds, per
     ``"<query>-><tabular>"`` map, the mean attention of the query's real tokens on each tabular feature, named by
     ``features``. ``gate`` is each fusion input's weight (gated, hierarchical fusions); ``routing`` the MoE head's
-    combine weights.
+    combine weights; ``experts`` the dual-expert gate, each expert's weight by name.
     """
 
     id: str
@@ -49,6 +51,7 @@ class Explanation:
     feature_attention: dict[str, torch.Tensor] = field(default_factory=dict)
     gate: dict[str, float] | None = None
     routing: torch.Tensor | None = None
+    experts: dict[str, float] | None = None
 
     @property
     def predicted(self) -> int:
@@ -118,6 +121,7 @@ def explain_batch(
     on_features = _feature_attention(forward, tabular)
     columns = model.modality_specs[tabular].get("features") if tabular else None
     labels = batch["label"].tolist() if "label" in batch else None
+    experts = model.head.names if isinstance(model.head, DualExpertHead) else None
     explanations = []
     for i in range(len(probs)):
         shown = [name for name in names if has(name, i)]
@@ -128,8 +132,10 @@ def explain_batch(
             images={name: images[name][i] for name in shown},
             cams={name: cams[name][i] for name in shown},
             gate=None if forward.weights is None else {name: float(w[i]) for name, w in forward.weights.items()},
-            routing=None if forward.routing is None else forward.routing[i].cpu(),
+            routing=None if forward.routing is None or experts else forward.routing[i].cpu(),
         )
+        if experts and forward.routing is not None:
+            explanation.experts = dict(zip(experts, forward.routing[i].tolist(), strict=True))
         if positions is not None and has(text, i):
             kept = positions[i]
             if tokenizer is not None:
@@ -226,6 +232,8 @@ def explanation_figure(explanation: Explanation, class_names: Sequence[str], max
         panels.append(("modality weights", partial(_bar_gate, gate=e.gate)))
     if e.routing is not None:
         panels.append(("MoE routing weights", partial(_bar_routing, routing=e.routing)))
+    if e.experts is not None:
+        panels.append(("dual-expert gate", partial(_bar_gate, gate=e.experts)))
     if e.feature_attention and e.features is not None:
         bars = partial(_bar_features, features=e.features, attention=e.feature_attention)
         panels.append(("attention on the tabular features", bars))

@@ -16,6 +16,7 @@ from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.errors import ConfigError, check_option
 from medfusion.data.modalities import check_same_modalities
 from medfusion.heads import Head, MLPHead
+from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
 from medfusion.models.feature_cache import serve_cached_features
@@ -149,6 +150,10 @@ class ClassifierModule(L.LightningModule):
 
     def _build_head(self, in_dim: int) -> None:
         self.head = self._head_factory(in_dim, self.num_classes)
+        self._freeze_if_asked()
+
+    def _freeze_if_asked(self) -> None:
+        """With ``freeze_encoders``, fix the encoders' weights and put them in eval mode."""
         if self.hparams.freeze_encoders:
             # eval from the start: Lightning restores each submodule's mode as it was before validation, which
             # would put frozen encoders back in training mode (BatchNorm statistics, dropout) past train() below
@@ -346,9 +351,13 @@ class ClassifierModule(L.LightningModule):
     def routing_stats(self) -> dict[str, torch.Tensor]:
         """Detached statistics of the last forward from the fusion's and head's hooks: MoE expert load and
         importance (``moe_load_<k>``, ``moe_importance_<k>``) and the mean weight of each fusion input
-        (``fusion_weight_<name>``, for fusions that weigh their inputs: gated, hierarchical)."""
+        (``fusion_weight_<name>``, for fusions that weigh their inputs: gated, hierarchical) and the dual expert's
+        mean gate (``dual_expert_gate_<name>``)."""
         stats: dict[str, torch.Tensor] = {}
         routing = self.head.routing()
+        if isinstance(self.head, DualExpertHead) and "combine" in routing:
+            for name, column in zip(self.head.names, routing["combine"].float().mean(dim=0), strict=True):
+                stats[f"dual_expert_gate_{name}"] = column
         for kind in ("load", "importance"):
             for k, value in enumerate(routing.get(kind, [])):
                 stats[f"moe_{kind}_{k}"] = value.detach()

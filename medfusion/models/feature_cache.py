@@ -75,6 +75,8 @@ def input_digest(dataset: MultimodalDataset, modality: str) -> str:
     digest.update(json.dumps(dataset.ids).encode())
     if modality in dataset.images:
         digest.update(repr(dataset.transform).encode())
+        if modality in getattr(dataset, "crops", {}):
+            digest.update(dataset.crops[modality].digest().encode())
         for path in dataset.images[modality]:
             stat = os.stat(path) if path is not None else None
             digest.update(f"{path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())

@@ -12,9 +12,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medfusion.data.errors import ConfigError
+from medfusion.data.errors import ConfigError, check_option
 from medfusion.encoders import Encoded, ImageEncoder, TabularEncoder, TextEncoder
 from medfusion.fusion import ConcatFusion, Fusion
+from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.losses import clip_loss, disagreement_weight, supcon_loss, symmetric_kl
 from medfusion.models.base import ClassifierModule
 from medfusion.models.missing import MissingModality, drop_modalities, masked_mean
@@ -69,6 +70,14 @@ class MultimodalClassifier(ClassifierModule):
         clip_weight: weight of a CLIP loss (Radford et al. 2021) between linear projections of the two modalities'
             pooled features (two modalities), with a learnable log-scale initialised at ``log(1/0.07)``; 0 = off.
         projection_dim: output size of the SupCon and CLIP projections.
+        dual_expert: a modality name: the head becomes an uncertainty-gated dual expert
+            (:class:`~medfusion.heads.dual_expert.DualExpertHead`): one expert (built like ``head``) on the fused
+            features, one on this modality's pooled features (e.g. ``local``, the lesion crop), mixed per sample by
+            their predictive entropies (the more certain weighs more); each expert is also trained on its own,
+            ``expert_loss_weight`` times the mean of their losses. The mean gate is logged as
+            ``train/dual_expert_gate_<fused|name>``, and ``medfusion explain`` shows it per sample.
+        dual_expert_temperature: the gate's softness (``softmax(-entropy / temperature)``).
+        expert_loss_weight: the weight of the experts' own losses.
         modality_dropout: in training, each sample that has two modalities or more loses one of them (each
             equally likely, never all) with this probability, marked absent so that the learned stand-ins are
             trained and the model copes with a missing modality at test time; no effect in evaluation. 0 = off.
@@ -97,6 +106,9 @@ class MultimodalClassifier(ClassifierModule):
         clip_weight: float = 0.0,
         projection_dim: int = 128,
         modality_dropout: float = 0.0,
+        dual_expert: str | None = None,
+        dual_expert_temperature: float = 1.0,
+        expert_loss_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -128,6 +140,12 @@ class MultimodalClassifier(ClassifierModule):
                 f"aux_heads and clip_weight compare two modalities; this model has {names}. Fix: turn them off, or "
                 "train on two modalities."
             )
+        if dual_expert is not None and dual_expert not in names:
+            raise ConfigError(
+                f"model.dual_expert names {dual_expert!r}, which is not among the modalities {names}. Fix: name one "
+                "of them (the expert beside the fused one), or set it to null."
+            )
+        check_option("model.expert_loss_weight", expert_loss_weight, expert_loss_weight >= 0, "0 or more")
         factories = {"image": image_encoder, "text": text_encoder, "tabular": tabular_encoder}
         for name, spec in self.modality_specs.items():
             if spec["kind"] == "text" and spec.get("vocab_size") is None:
@@ -136,8 +154,14 @@ class MultimodalClassifier(ClassifierModule):
         kind = fusion_class(fusion).input_kind
         size = {"pooled": "out_dim", "tokens": "token_dim", "levels": "level_dims"}[kind]
         self.fusion = fusion({name: getattr(encoder, size) for name, encoder in self.encoders.items()}, fusion_dim)
-        self._build_head(self.fusion.out_dim)
-        learn_pooled = kind == "pooled" or aux_heads or clip_weight > 0
+        if dual_expert is None:
+            self._build_head(self.fusion.out_dim)
+        else:
+            dims = (self.fusion.out_dim, self.encoders[dual_expert].out_dim)
+            names_ = ("fused", dual_expert)
+            self.head = DualExpertHead(dims, self.num_classes, self._head_factory, names_, dual_expert_temperature)
+            self._freeze_if_asked()
+        learn_pooled = kind == "pooled" or aux_heads or clip_weight > 0 or dual_expert is not None
         self.missing = nn.ModuleDict(
             {
                 name: MissingModality(
@@ -201,7 +225,13 @@ class MultimodalClassifier(ClassifierModule):
         return self.fusion({name: e.pooled for name, e in encoded.items()})
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.fuse(self.encode(batch))
+        return self.features_of(self.encode(batch))
+
+    def features_of(self, encoded: dict[str, Encoded]) -> torch.Tensor:
+        """What the head reads: the fused features, and beside them the ``dual_expert`` modality's pooled ones."""
+        fused = self.fuse(encoded)
+        expert = self.hparams.dual_expert
+        return fused if expert is None else torch.cat([fused, encoded[expert].pooled.to(fused.dtype)], dim=-1)
 
     def training_objective(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """The fusion loss (disagreement-weighted with ``aux_heads``) plus the enabled auxiliary objectives."""
@@ -210,8 +240,9 @@ class MultimodalClassifier(ClassifierModule):
             batch = {**batch, "present": drop_modalities(self.present(batch), hp.modality_dropout)}
         present = self.present(batch)
         encoded = self.encode(batch)
-        fused = self.fuse(encoded)
-        logits = self.head(fused)
+        features = self.features_of(encoded)
+        fused = features[:, : self.fusion.out_dim]
+        logits = self.head(features)
         target = batch["label"]
         terms: dict[str, torch.Tensor] = {}
         names = list(self.encoders)
@@ -232,6 +263,10 @@ class MultimodalClassifier(ClassifierModule):
             loss = a * terms[f"loss_{first}"] + b * terms[f"loss_{second}"] + c * fusion_loss
         else:
             loss = self.criterion(logits, target)
+        if isinstance(self.head, DualExpertHead):
+            for name, expert_logits in zip(self.head.names, self.head.expert_logits, strict=True):
+                terms[f"loss_expert_{name}"] = self.criterion(expert_logits, target)
+            loss = loss + hp.expert_loss_weight * sum(terms[f"loss_expert_{n}"] for n in self.head.names) / 2
         if hp.supcon_weight > 0:
             terms["supcon"] = supcon_loss(self.supcon_projector(fused), target, hp.supcon_temperature)
             loss = loss + hp.supcon_weight * terms["supcon"]
