@@ -3,7 +3,7 @@ embedded demo data."""
 
 from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.dataset import Collate, MultimodalDataset
-from medfusion.data.demo_module import DemoDataModule
+from medfusion.data.demo_module import DemoDataModule, GlobalLocalDemoDataModule
 from medfusion.data.errors import ConfigError, DataError
 from medfusion.data.shard_module import ShardDataModule
 from medfusion.data.tabular import TabularFeatures, TabularPreprocessor, TabularSpec
@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DemoDataModule",
+    "GlobalLocalDemoDataModule",
     "MultimodalDataModule",
     "MultimodalDataset",
     "ShardDataModule",

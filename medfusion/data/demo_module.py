@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.demo import default_cache_dir, ensure_demo_data, image_columns
+from medfusion.data.demo.generate import ensure_generated
+from medfusion.data.demo.global_local import global_local_args, make_global_local_data
 from medfusion.data.options import check_demo_options
 
 
@@ -53,6 +56,50 @@ class DemoDataModule(MultimodalDataModule):
             id_column="image_id",
             label_column="label",
             group_column="patient_id",
+            image_size=image_size,
+            **kwargs,
+        )
+
+
+class GlobalLocalDemoDataModule(MultimodalDataModule):
+    """The generated global-local demo (:mod:`medfusion.data.demo.global_local`): per case the whole image
+    (``image``, the context) and the lesion cut from it by its box columns (``local``, see ``data.crops``); the class
+    needs both. Generated on first use into a cache directory.
+
+    Args:
+        root: where the dataset lives; default ``$MEDFUSION_CACHE/demo/global_local_...``.
+        num_samples: number of cases (balanced over the four classes).
+        demo_image_size: side of the generated images (the lesion's texture is one pixel wide at 256).
+        demo_seed: seed of the generator.
+        image_size: side of the model input for both modalities (64: the whole image loses the texture).
+        margin: the lesion crop's margin (a fraction of its box on each side).
+        **kwargs: any :class:`MultimodalDataModule` option (``modalities: [image]`` for the global view alone,
+            ``[local]`` for the crop alone).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_samples: int = 1200,
+        demo_image_size: int = 256,
+        demo_seed: int = 0,
+        image_size: int = 64,
+        margin: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        args = global_local_args(num_samples, demo_image_size, demo_seed)
+        name = f"global_local_n{num_samples}_s{demo_image_size}_seed{demo_seed}"
+        out = Path(root) if root else default_cache_dir() / name
+        make = partial(make_global_local_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed)
+        ensure_generated(out, make, args)
+        box = ["x0", "y0", "x1", "y1"]
+        if kwargs.get("crops") is None:  # the CLI passes every option, unset ones as None
+            kwargs["crops"] = {"local": {"source": "image", "box_columns": box, "margin": margin}}
+        super().__init__(
+            csv_path=str(out / "metadata.csv"),
+            image_dir=str(out / "images"),
+            id_column="image_id",
+            label_column="label",
             image_size=image_size,
             **kwargs,
         )

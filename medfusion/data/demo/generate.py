@@ -9,6 +9,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +118,12 @@ def ensure_demo_data(out_dir: str | Path, **kwargs: Any) -> Path:
     bound = inspect.signature(make_demo_data).bind(out_dir, **kwargs)
     bound.apply_defaults()
     gen_kwargs = {k: v for k, v in bound.arguments.items() if k != "out_dir"}
-    args = _generation_args(**gen_kwargs)
+    return ensure_generated(out_dir, partial(make_demo_data, **gen_kwargs), _generation_args(**gen_kwargs))
+
+
+def ensure_generated(out_dir: str | Path, make: Callable[[Path], Any], args: dict[str, Any]) -> Path:
+    """``out_dir`` holding the dataset ``make(dir)`` writes (its ``.complete`` recording ``args``), generated into
+    a temporary sibling and renamed into place when it is not there yet (see :func:`ensure_demo_data`)."""
     out = Path(out_dir)
     if _is_complete(out, args):
         return out
@@ -124,7 +131,7 @@ def ensure_demo_data(out_dir: str | Path, **kwargs: Any) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        make_demo_data(tmp, **gen_kwargs)
+        make(tmp)
         for _ in range(5):
             try:
                 os.replace(tmp, out)  # atomic; fails if out is a non-empty directory
