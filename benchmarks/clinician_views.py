@@ -1,11 +1,13 @@
 """Looking as a clinician looks: each strategy against its baseline on its demo, test macro-F1 over seeds.
 
-    python benchmarks/clinician_views.py [--study global_local] [--seeds 0 1 2] [--out_dir runs/clinician_views]
+    python benchmarks/clinician_views.py [--study global_local|slices] [--seeds 0 1 2] [--out_dir runs/clinician_views]
                                          [--extra ARG ...]
 
 ``global_local`` (``configs/demo_global_local.yaml``): the whole image at 64 px alone (the baseline), the lesion
 crop alone, both (concat fusion), and both with the uncertainty-gated dual expert (``model.dual_expert: local``;
-reported against the single head). Each cell is one ``medfusion fit`` with its seed (weights, order; the data
+reported against the single head). ``slices`` (``configs/demo_25d.yaml``): the named slice alone, then it and
+two neighbours on each side as channels, as a sequence with attention pooling, and with a Transformer across the
+slices. Each cell is one ``medfusion fit`` with its seed (weights, order; the data
 and its split are the same for every cell), tested on the best checkpoint by validation macro-F1. Finished cells
 are read back from their ``metrics.json``, so an interrupted study resumes. ``--extra`` passes a CLI argument to
 every run (e.g. ``--extra=--trainer.max_epochs=3``).
@@ -37,6 +39,15 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
             "lesion crop": [*SINGLE_IMAGE, "--data.modalities=[local]"],
             "global + local": [],
             "global + local, dual expert": ["--model.dual_expert=local"],
+        },
+    ),
+    "slices": (
+        "demo_25d.yaml",
+        {
+            "centre slice": ["--data.slices={}"],
+            "2.5D, channels": ["--model.slice_mode=channels"],
+            "2.5D, sequence + attention pooling": ["--model.slice_pooling=attention"],
+            "2.5D, sequence + Transformer": [],
         },
     ),
 }

@@ -135,9 +135,11 @@ class MedfusionCLI(LightningCLI):
     """LightningCLI with the datamodule's class info linked into the model and result files written."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for attribute in ("num_classes", "class_names", "class_counts", "vocab_size"):
+        for attribute in ("num_classes", "class_names", "class_counts"):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
-        # the modality names, kinds and sizes: the model builds one encoder per name
+        # the modality names, kinds and sizes (the text's vocab_size too): the model builds one encoder per name.
+        # (Linking vocab_size on its own gave image and tabular models a stray hyper-parameter that broke
+        # validate/test/predict from their checkpoints.)
         parser.link_arguments("data.modality_specs", "model.init_args.modalities", apply_on="instantiate")
         parser.add_lightning_class_args(MetricsJSON, "metrics_json")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")

@@ -3,7 +3,7 @@ embedded demo data."""
 
 from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.dataset import Collate, MultimodalDataset
-from medfusion.data.demo_module import DemoDataModule, GlobalLocalDemoDataModule
+from medfusion.data.demo_module import DemoDataModule, GlobalLocalDemoDataModule, SliceDemoDataModule
 from medfusion.data.errors import ConfigError, DataError
 from medfusion.data.shard_module import ShardDataModule
 from medfusion.data.tabular import TabularFeatures, TabularPreprocessor, TabularSpec
@@ -18,6 +18,7 @@ __all__ = [
     "MultimodalDataModule",
     "MultimodalDataset",
     "ShardDataModule",
+    "SliceDemoDataModule",
     "TabularFeatures",
     "TabularPreprocessor",
     "TabularSpec",

@@ -23,6 +23,7 @@ from medfusion.data.modalities import check_allow_missing, resolve_modalities
 from medfusion.data.options import check_data_options
 from medfusion.data.reader import CsvReader, SplitOptions, read_all
 from medfusion.data.setup_cache import load_or_read, setup_key
+from medfusion.data.slices import replicated, slice_specs
 from medfusion.data.state import check_same_state, find_data_state, mark
 from medfusion.data.table import Records
 from medfusion.data.tabular import UNKNOWN, TabularPreprocessor, TabularSpec
@@ -92,6 +93,11 @@ class MultimodalDataModule(L.LightningDataModule):
             0.1}}`` or ``{local: {source: image, mask_column: mask_path}}`` (the mask's bounding box); see
             :mod:`medfusion.data.crops`. A box with ``x1 <= x0`` or ``y1 <= y0`` is an error naming its rows; one
             reaching outside its image is clipped, with a warning.
+        slices: image modalities read as 2.5D stacks ``[K, 3, S, S]``: ``{image: {neighbours: 2}}`` (the row's
+            file and the 2 before and after it by the number in its name; at a volume's edge the nearest slice is
+            replicated, counted as ``replicated_slices/<set>``) or ``{image: {column: slice_files, sep: ";"}}``
+            (the files a column lists, in order); see :mod:`medfusion.data.slices`. Random augmentations are the
+            same for every slice of a stack.
         numeric_columns: numeric clinical variables of the ``tabular`` modality (``[age, psa]``), standardised
             with the mean and std of the training rows only; a missing value is flagged, never a silent 0.
         categorical_columns: categorical variables of the ``tabular`` modality (``[sex, localization]``), read
@@ -178,6 +184,7 @@ class MultimodalDataModule(L.LightningDataModule):
         image_column: str | None = None,
         image_columns: dict[str, str] | None = None,
         crops: dict[str, dict[str, Any]] | None = None,
+        slices: dict[str, dict[str, Any]] | None = None,
         numeric_columns: list[str] | None = None,
         categorical_columns: list[str] | None = None,
         split_column: str | None = None,
@@ -246,7 +253,9 @@ class MultimodalDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.batch_size, self.num_workers = batch_size, num_workers
         self.image_columns = dict(image_columns or {})
-        self.crops = crop_specs(crops, list(self.image_columns) or (["image"] if image_dir else []))
+        file_images = list(self.image_columns) or (["image"] if image_dir else [])
+        self.crops = crop_specs(crops, file_images)
+        self.slices = slice_specs(slices, file_images)
         trained = find_data_state(read_checkpoint(from_checkpoint), from_checkpoint) if from_checkpoint else None
         spec = None
         if numeric_columns or categorical_columns:
@@ -296,6 +305,7 @@ class MultimodalDataModule(L.LightningDataModule):
             self.na_values,
             merge_equivalent_labels,
             {name: spec for name, spec in self.crops.items() if name in self.image_names},
+            {name: spec for name, spec in self.slices.items() if name in self.image_names},
         )
         read = partial(
             read_all,
@@ -375,6 +385,8 @@ class MultimodalDataModule(L.LightningDataModule):
         specs: dict[str, dict[str, Any]] = {}
         for name, kind in self.modality_kinds.items():
             spec: dict[str, Any] = {"kind": kind}
+            if name in self.slices:
+                spec["slices"] = self._stack_size(name)
             if kind == "text":
                 spec["vocab_size"] = self.vocab_size
             elif kind == "tabular" and self.tabular is not None:
@@ -383,6 +395,17 @@ class MultimodalDataModule(L.LightningDataModule):
                 spec["features"] = self.tabular.spec.columns
             specs[name] = spec
         return specs
+
+    def _stack_size(self, name: str) -> int:
+        """K, the slices per stack of modality ``name``."""
+        k = self.slices[name].neighbours
+        if k is not None:
+            return 2 * k + 1
+        records = [r for r in (self._table, *self._test_records, self._predict_records) if r is not None]
+        stack = next((s for r in records for s in r.slices.get(name, []) if s is not None), None)
+        if stack is None:
+            raise DataError(f"No row lists slices for {name!r}. Fix: fill in data.slices.{name}.column.")
+        return len(stack)
 
     # ----------------------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
@@ -419,6 +442,14 @@ class MultimodalDataModule(L.LightningDataModule):
             self.data_report[f"unknown_categories/{name}"] = int((tabular.categorical == UNKNOWN).sum())
             if "tabular" in self.allow_missing:
                 tabular_present = [not absent for absent in records.tabular_absent()]
+        for modality in self.slices:
+            count = replicated(records.slices[modality])
+            self.data_report[f"replicated_slices/{name}"] = count
+            if count and name == "train":
+                rank_zero_warn(
+                    f"{count} slice(s) of the {modality!r} stacks of {records.csv_path} lie beyond a volume's edge: "
+                    "the nearest slice is repeated in their place (data.slices; counted as replicated_slices/<set>)."
+                )
         for modality in self.allow_missing:
             if modality in self.image_names:
                 missing = sum(p is None for p in records.images[modality])
@@ -434,6 +465,7 @@ class MultimodalDataModule(L.LightningDataModule):
             labels=labels,
             images={modality: records.images[modality] for modality in self.image_names},
             crops={m: self._crops(records, m) for m in self.image_names if m in self.crops},
+            slices={m: records.slices[m] for m in self.image_names if m in self.slices},
             token_ids=self._tokenize(records, name) if self.uses_text else None,
             tabular=tabular,
             tabular_present=tabular_present,
@@ -453,12 +485,21 @@ class MultimodalDataModule(L.LightningDataModule):
 
         def build() -> dict[str, str]:
             what = "{} images of the " + name + " set"
-            return {
-                m: str(image_entry(directory, m, records.images[m], size, what.format(m), self._crops(records, m)))
-                for m in self.image_names
-            }
+            entries = {}
+            for m in self.image_names:
+                files, crops = self._files(records, m), self._crops(records, m)
+                entries[m] = str(image_entry(directory, m, files, size, what.format(m), crops))
+            return entries
 
         return {m: CachedImages.open(Path(folder)) for m, folder in once_per_job(self.trainer, build).items()}
+
+    @staticmethod
+    def _files(records: Records, name: str) -> list[str | None]:
+        """The files of image modality ``name``, one per sample, or K per sample for a slice stack (flattened)."""
+        if name not in records.slices:
+            return records.images[name]
+        size = len(next((s for s in records.slices[name] if s is not None), [None]))
+        return [f for stack in records.slices[name] for f in (stack if stack is not None else [None] * size)]
 
     def _crops(self, records: Records, name: str) -> Crops | None:
         """How image modality ``name`` of ``records`` is cut (None: it is not a crop)."""
@@ -504,8 +545,11 @@ class MultimodalDataModule(L.LightningDataModule):
         """Decode-check every image file: whole CSVs, not splits, so that the rows in an error are the file's lines."""
         cache = VerifiedFiles(cache_root(self.cache_dir)) if self.cache else None
         for records in (self._table, *self._test_records[1:], self._predict_records):
-            for paths in records.images.values() if records is not None else ():
+            for name, paths in records.images.items() if records is not None else ():
                 verify_images(paths, records.csv_path, cache)
+                stacks = records.slices.get(name, [])
+                for j in range(max((len(s) for s in stacks if s is not None), default=0)):  # the neighbours too
+                    verify_images([None if s is None else s[j] for s in stacks], records.csv_path, cache)
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:

@@ -56,6 +56,8 @@ class MultimodalDataset(Dataset):
             others from their files).
         cached_transform: applied to the uint8 images read from ``cached`` instead of ``transform``.
         crops: per crop modality name (``data.crops``), how its images (its source's files) are cut.
+        slices: per slice-stack modality name (``data.slices``), each sample's slice files in order: its input is
+            ``[K, 3, S, S]``, every slice through the same random transform.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class MultimodalDataset(Dataset):
         cached: dict[str, CachedImages] | None = None,
         cached_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         crops: dict[str, Crops] | None = None,
+        slices: dict[str, list[list[str] | None]] | None = None,
     ) -> None:
         images = dict(images or {})
         sized = {f"images[{name!r}]": paths for name, paths in images.items()}
@@ -101,6 +104,7 @@ class MultimodalDataset(Dataset):
         self.cached = dict(cached or {})
         self.cached_transform = cached_transform
         self.crops = dict(crops or {})
+        self.slices = dict(slices or {})
         self._cropper = CropReader(self.crops, self._where)
         self._bad: set[int] = set()  # indices whose image failed to decode (per process)
 
@@ -147,13 +151,15 @@ class MultimodalDataset(Dataset):
         """Sample ``index``; with ``blank`` its images are blank (a sample marked as unreadable)."""
         sample: dict[str, Any] = {"id": self.ids[index], "label": self.labels[index], "present": {}}
         for name, paths in self.images.items():
-            pixels = self.cached[name].image(index) if name in self.cached and paths[index] is not None else None
+            pixels = self._cached_pixels(name, index) if paths[index] is not None else None
             if pixels is not None and not blank:
                 sample[name] = self.cached_transform(pixels) if self.cached_transform else pixels
             else:
                 blanked = blank and paths[index] is not None
-                image = Image.new("RGB", (8, 8)) if blanked else self.load_image(name, index)
+                image = self._blank(name, index) if blanked else self.load_image(name, index)
                 sample[name] = self.transform(image) if self.transform and image is not None else image
+                if isinstance(sample[name], list):  # a slice stack: the same random augmentation on every slice
+                    sample[name] = torch.stack(sample[name])
             sample["present"][name] = paths[index] is not None
         if self.token_ids is not None:
             sample["text"] = self.token_ids[index]
@@ -163,6 +169,23 @@ class MultimodalDataset(Dataset):
             sample["present"]["tabular"] = self.tabular_present[index]
         return sample
 
+    def _cached_pixels(self, name: str, index: int) -> torch.Tensor | None:
+        """Sample ``index``'s uint8 pixels of modality ``name`` from the image cache (``[K, 3, S, S]`` for a slice
+        stack, whose entry holds K rows per sample); None when not all are stored."""
+        if name not in self.cached:
+            return None
+        if name not in self.slices:
+            return self.cached[name].image(index)
+        size = len(self.slices[name][index])
+        rows = [self.cached[name].image(index * size + j) for j in range(size)]
+        return None if any(r is None for r in rows) else torch.stack(rows)  # type: ignore[arg-type]
+
+    def _blank(self, name: str, index: int) -> Any:
+        """A blank stand-in for sample ``index``'s unreadable image (a list of them for a slice stack)."""
+        if name in self.slices:
+            return [Image.new("RGB", (8, 8)) for _ in self.slices[name][index] or ()]
+        return Image.new("RGB", (8, 8))
+
     def _where(self, index: int) -> str:
         """Sample ``index``'s place for messages: its CSV line, else its id."""
         if self.csv_path is not None and self.rows is not None:
@@ -171,7 +194,11 @@ class MultimodalDataset(Dataset):
 
     def load_image(self, name: str, index: int) -> Any:
         """Image modality ``name`` of sample ``index`` as an RGB image (None: it has none), cut to its crop when
-        ``name`` is one (:mod:`medfusion.data.crops`; a crop that cannot be cut is a :class:`DataError`)."""
+        ``name`` is one (:mod:`medfusion.data.crops`; a crop that cannot be cut is a :class:`DataError`); for a
+        slice stack (:mod:`medfusion.data.slices`) the list of its slices, in order."""
+        if name in self.slices and self.slices[name][index] is not None:
+            stack = self.slices[name][index]
+            return [self._open(path, index) for path in stack]
         paths = self.images[name]
         image = self.open_image(paths, index)
         if image is None or name not in self.crops:
@@ -187,7 +214,10 @@ class MultimodalDataset(Dataset):
     def open_image(self, paths: list[Path | None], index: int) -> Any:
         """The RGB image ``paths[index]`` (None for no image); a file that fails to decode raises as
         ``on_bad_image`` says (a :class:`DataError` naming the file and CSV line under ``"raise"``)."""
-        path = paths[index]
+        return self._open(paths[index], index)
+
+    def _open(self, path: Path | str | None, index: int) -> Any:
+        """The RGB image ``path`` of sample ``index`` (see :meth:`open_image`)."""
         if path is None:
             return None
         try:
@@ -212,6 +242,8 @@ class MultimodalDataset(Dataset):
         dataset = copy.copy(self)
         if modality in self.images:
             dataset.images = {**self.images, modality: [None] * len(self)}
+            if modality in self.slices:
+                dataset.slices = {**self.slices, modality: [None] * len(self)}
         elif modality == "text":
             dataset.token_ids = [None] * len(self)
             dataset.texts = None if self.texts is None else [None] * len(self)

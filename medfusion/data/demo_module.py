@@ -10,6 +10,7 @@ from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.demo import default_cache_dir, ensure_demo_data, image_columns
 from medfusion.data.demo.generate import ensure_generated
 from medfusion.data.demo.global_local import global_local_args, make_global_local_data
+from medfusion.data.demo.volumes import make_volume_data, volume_args
 from medfusion.data.options import check_demo_options
 
 
@@ -100,6 +101,48 @@ class GlobalLocalDemoDataModule(MultimodalDataModule):
             image_dir=str(out / "images"),
             id_column="image_id",
             label_column="label",
+            image_size=image_size,
+            **kwargs,
+        )
+
+
+class SliceDemoDataModule(MultimodalDataModule):
+    """The generated 2.5D demo (:mod:`medfusion.data.demo.volumes`): per case the slice a row names and, by
+    default, its ``neighbours`` on each side as one stack (``data.slices``); the class shows in the neighbours.
+    Generated on first use into a cache directory.
+
+    Args:
+        root: where the dataset lives; default ``$MEDFUSION_CACHE/demo/volumes_...``.
+        num_samples: number of cases (balanced over the four classes).
+        demo_image_size: side of the generated slices.
+        demo_seed: seed of the generator.
+        neighbours: slices read on each side of the named one (``slices: {}`` reads the named slice alone).
+        image_size: side of the model input.
+        **kwargs: any :class:`MultimodalDataModule` option.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_samples: int = 800,
+        demo_image_size: int = 64,
+        demo_seed: int = 0,
+        neighbours: int = 2,
+        image_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        args = volume_args(num_samples, demo_image_size, demo_seed)
+        out = Path(root) if root else default_cache_dir() / f"volumes_n{num_samples}_s{demo_image_size}_seed{demo_seed}"
+        make = partial(make_volume_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed)
+        ensure_generated(out, make, args)
+        if kwargs.get("slices") is None:  # the CLI passes every option, unset ones as None
+            kwargs["slices"] = {"image": {"neighbours": neighbours}}
+        super().__init__(
+            csv_path=str(out / "metadata.csv"),
+            image_dir=str(out / "images"),
+            id_column="image_id",
+            label_column="label",
+            image_column="image_path",
             image_size=image_size,
             **kwargs,
         )

@@ -96,6 +96,14 @@ class ImageIndex:
                 return table[key]
         return []
 
+    def inside(self, path: str) -> bool:
+        """Whether an indexed file ``path`` stays inside the root (it is no symlink out)."""
+        return self._escaping_target(path) is None
+
+    def relative(self, path: str) -> str:
+        """An indexed file's path relative to the root."""
+        return path.removeprefix(self._prefix)
+
     def _escaping_target(self, path: str) -> str | None:
         """What ``path`` resolves to when that lies outside the root (a symlink out), else None."""
         if path not in self._links:

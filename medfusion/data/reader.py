@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from medfusion.data.crops import CropSpec
 from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex
+from medfusion.data.slices import SliceSpec
 from medfusion.data.splits import assign_splits, rare_class_warnings
 from medfusion.data.table import Records, infer_class_names, label_indices, read_records, resolve_equivalent_labels
 from medfusion.data.tabular import TabularPreprocessor, TabularSpec
@@ -45,6 +46,7 @@ class CsvReader:
     na_values: list[str] = field(default_factory=list)
     merge_equivalent_labels: bool = False
     crops: dict[str, CropSpec] = field(default_factory=dict)
+    slices: dict[str, SliceSpec] = field(default_factory=dict)
 
     def read(
         self,
@@ -77,6 +79,7 @@ class CsvReader:
             sep=self.sep,
             na_values=self.na_values,
             crops=self.crops,
+            slices=self.slices,
         )
 
     def merge_labels(self, records: Records, class_names: Sequence[str]) -> Records:

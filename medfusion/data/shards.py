@@ -59,7 +59,10 @@ def pack_sample(
     for name, paths in dataset.images.items():
         present[name] = paths[index] is not None
         image = dataset.load_image(name, index)
-        item[name] = decode(image).numpy() if image is not None else np.zeros((3, size, size), np.uint8)
+        if isinstance(image, list):  # a slice stack: [K, 3, S, S]
+            item[name] = torch.stack(decode(image)).numpy()
+        else:
+            item[name] = decode(image).numpy() if image is not None else np.zeros((3, size, size), np.uint8)
     if dataset.texts is not None and dataset.token_ids is not None:
         record["text"] = dataset.texts[index]
         present["text"] = record["text"] is not None

@@ -16,6 +16,7 @@ import pandas as pd
 from medfusion.data.crops import CropSpec, read_boxes
 from medfusion.data.errors import DataError, not_utf8, raise_for_rows, register_separator, row_lines
 from medfusion.data.images import ImageIndex
+from medfusion.data.slices import SliceSpec, listed_stacks, neighbour_stacks
 from medfusion.data.texts import collect_texts
 
 
@@ -26,7 +27,9 @@ class Records:
     (``allow_missing``), and a ``texts`` entry is None where it has no text; ``rows`` are the 0-based data rows of
     the CSV (for error messages, and to index ``tabular``). ``tabular`` is the CSV's tabular columns, all rows
     (:meth:`subset` keeps the frame and narrows ``rows``), for the tabular preprocessor. ``crops`` holds per crop
-    modality (``data.crops``) each sample's box (4 numbers) or mask file; its ``images`` are its source's."""
+    modality (``data.crops``) each sample's box (4 numbers) or mask file; its ``images`` are its source's.
+    ``slices`` holds per slice-stack modality (``data.slices``) each sample's files in order (None: no image); its
+    ``images`` are the centre ones."""
 
     csv_path: Path
     ids: list[str]
@@ -38,6 +41,7 @@ class Records:
     rows: list[int]
     tabular: pd.DataFrame | None = None
     crops: dict[str, list] = field(default_factory=dict)
+    slices: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, csv_path: str | Path | None) -> Records:
@@ -59,6 +63,7 @@ class Records:
             pick(self.rows),
             self.tabular,
             {name: pick(values) for name, values in self.crops.items()},
+            {name: pick(values) for name, values in self.slices.items()},
         )
 
     def tabular_absent(self) -> list[bool]:
@@ -262,6 +267,7 @@ def read_records(
     sep: str = ",",
     na_values: Sequence[str] = (),
     crops: dict[str, CropSpec] | None = None,
+    slices: dict[str, SliceSpec] | None = None,
 ) -> Records:
     """Read and validate one CSV. ``image_columns`` maps each image modality name to its column of paths (None:
     the files are found by id); ``image_index=None`` skips images; no text source skips texts;
@@ -272,7 +278,8 @@ def read_records(
     ``allow_missing`` (modality names) lets an empty image-path cell, a missing text or (``"tabular"``) a row
     with every tabular cell empty mark a sample without that modality (None in the records); a sample without
     any modality is still an error. ``sep`` and ``na_values`` are as in :func:`read_csv`. ``crops`` (by modality
-    name) adds images cut from their source modality's: its boxes or mask files (found like the images).
+    name) adds images cut from their source modality's: its boxes or mask files (found like the images);
+    ``slices`` reads image modalities as stacks of slices (:mod:`medfusion.data.slices`).
     """
     csv_path = Path(csv_path).expanduser()
     image_columns, crops = dict(image_columns or {}), dict(crops or {}) if image_index is not None else {}
@@ -282,6 +289,10 @@ def read_records(
     required = [c for c in as_text if c != label_column or labels_required]
     required += [c for c in tabular_columns if c not in required]
     required += [c for spec in crops.values() for c in spec.columns if c not in required]
+    slices = dict(slices or {}) if image_index is not None else {}
+    listed = {name: spec.column for name, spec in slices.items() if spec.column}
+    as_text += [c for c in listed.values() if c not in as_text]
+    required += [c for c in listed.values() if c not in required]
     table = read_csv(csv_path, required, as_text, sep=sep, na_values=na_values)
     if label_column not in table.columns:
         label_column = None
@@ -295,6 +306,8 @@ def read_records(
     images: dict[str, list[Path | None]] = {}
     if image_index is not None:
         for name, column in image_columns.items():
+            if name in listed:
+                continue  # read below, from its column of slice lists
             keys: list[str | None] = list(ids)
             if column and name in allow_missing:
                 keys = _optional_values(table, column)
@@ -302,6 +315,15 @@ def read_records(
                 fix = f" (or set data.allow_missing: [{name}] to keep samples without this image)"
                 keys = list(_column_values(table, column, csv_path, "image path", fix))
             images[name] = image_index.resolve_all(keys, csv_path)
+    stacks: dict[str, list] = {}
+    for name, spec in slices.items():
+        if spec.column is not None:
+            if name not in allow_missing:
+                _column_values(table, spec.column, csv_path, "slice list", f" (or set data.allow_missing: [{name}])")
+            stacks[name] = listed_stacks(image_index, table, spec, csv_path)  # type: ignore[arg-type]
+            images[name] = [None if s is None else s[len(s) // 2] for s in stacks[name]]
+        else:
+            stacks[name] = neighbour_stacks(image_index, images[name], spec.neighbours, csv_path)  # type: ignore[arg-type]
     crop_values: dict[str, list] = {}
     for name, spec in crops.items():
         images[name] = list(images[spec.source])
@@ -323,7 +345,8 @@ def read_records(
             allow_missing="text" in allow_missing,
         )
     tabular = table[list(tabular_columns)] if tabular_columns else None
-    records = Records(csv_path, ids, labels, images, texts, None, None, list(range(len(ids))), tabular, crop_values)
+    rows = list(range(len(ids)))
+    records = Records(csv_path, ids, labels, images, texts, None, None, rows, tabular, crop_values, stacks)
     _check_some_modality(records, allow_missing)
     records.splits = _column_values(table, split_column, csv_path, "split") if split_column else None
     records.groups = _column_values(table, group_column, csv_path, "group") if group_column else None

@@ -22,6 +22,9 @@ class ImageEncoder(nn.Module):
         num_levels: how many of the deepest stages :attr:`Encoded.levels` holds
             (3 for ResNet gives layer2/3/4).
         drop_path_rate: stochastic depth, passed to timm.
+        in_chans: input channels (a 2.5D stack fed as channels: one grey channel per slice). Pretrained RGB
+            weights of the first convolution are summed over R, G, B and spread evenly over the ``in_chans``
+            channels, so that K identical slices give what the RGB model gives on that grey image.
     """
 
     def __init__(
@@ -31,10 +34,12 @@ class ImageEncoder(nn.Module):
         checkpoint_path: str | None = None,
         num_levels: int = 3,
         drop_path_rate: float = 0.0,
+        in_chans: int = 3,
     ) -> None:
         super().__init__()
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+        self.in_chans = in_chans
+        self.model = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
         self.model_name = model_name
         self.pretrained = pretrained
         self.checkpoint_path = checkpoint_path
@@ -59,7 +64,12 @@ class ImageEncoder(nn.Module):
             return
         overlay = {"file": self.checkpoint_path} if self.checkpoint_path else None
         source = timm.create_model(self.model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
-        self.model.load_state_dict(source.state_dict())
+        weights = source.state_dict()
+        if self.in_chans != 3:
+            key = f"{self.model.pretrained_cfg['first_conv']}.weight"
+            rgb = weights[key]
+            weights[key] = rgb.sum(dim=1, keepdim=True).repeat(1, self.in_chans, 1, 1) / self.in_chans
+        self.model.load_state_dict(weights)
 
     def forward(self, image: torch.Tensor, *, tokens: bool = False, levels: bool = False) -> Encoded:
         """Encode ``image`` [B, 3, H, W]; ``tokens``/``levels`` ask for the extra outputs."""

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from transformers import PreTrainedTokenizerBase
 
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from medfusion.encoders.slices import SliceStackEncoder
 from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.interpret.gradcam import gradcam
 from medfusion.interpret.maps import ForwardMaps, forward_maps, patch_map
@@ -37,7 +38,8 @@ class Explanation:
     not [UNK]) too when a tokenizer was given, and then ``tokens`` names the rows. ``feature_attention`` holds, per
     ``"<query>-><tabular>"`` map, the mean attention of the query's real tokens on each tabular feature, named by
     ``features``. ``gate`` is each fusion input's weight (gated, hierarchical fusions); ``routing`` the MoE head's
-    combine weights; ``experts`` the dual-expert gate, each expert's weight by name.
+    combine weights; ``experts`` the dual-expert gate, each expert's weight by name. A 2.5D slice stack shows its
+    centre slice, no Grad-CAM, and in ``slices`` the weight the model put on each slice (sequence mode).
     """
 
     id: str
@@ -52,6 +54,7 @@ class Explanation:
     gate: dict[str, float] | None = None
     routing: torch.Tensor | None = None
     experts: dict[str, float] | None = None
+    slices: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def predicted(self) -> int:
@@ -111,13 +114,19 @@ def explain_batch(
         return flags[name][i] if name in flags else True
 
     names = [name for name in model.image_modalities if name in batch]
-    cams = {name: gradcam(model, batch, modality=name) for name in names}
+    stacks = {name: model.encoders[name] for name in names if isinstance(model.encoders[name], SliceStackEncoder)}
+    cams = {name: gradcam(model, batch, modality=name) for name in names if name not in stacks}
     shape = (1, -1, 1, 1)
     mean_t, std_t = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
-    images = {name: (batch[name].detach().float().cpu() * std_t + mean_t).clamp(0, 1) for name in names}
+    shown_images = {
+        name: batch[name][:, batch[name].shape[1] // 2] if name in stacks else batch[name] for name in names
+    }
+    images = {name: (x.detach().float().cpu() * std_t + mean_t).clamp(0, 1) for name, x in shown_images.items()}
+    slice_weights = {n: e.slice_weights.cpu() for n, e in stacks.items() if e.slice_weights is not None}
     text, tabular = _modality(model, "text"), _modality(model, "tabular")
     positions = _token_positions(batch, text, tokenizer)
-    strips = {name: patch_map(model, forward.attention, name, text) for name in names} if text else {}
+    flat = [name for name in names if name not in stacks]  # a stack's tokens are its slices, not a patch grid
+    strips = {name: patch_map(model, forward.attention, name, text) for name in flat} if text else {}
     on_features = _feature_attention(forward, tabular)
     columns = model.modality_specs[tabular].get("features") if tabular else None
     labels = batch["label"].tolist() if "label" in batch else None
@@ -130,7 +139,8 @@ def explain_batch(
             label=None if labels is None else int(labels[i]),
             probs=probs[i],
             images={name: images[name][i] for name in shown},
-            cams={name: cams[name][i] for name in shown},
+            cams={name: cams[name][i] for name in shown if name in cams},
+            slices={name: slice_weights[name][i].tolist() for name in shown if name in slice_weights},
             gate=None if forward.weights is None else {name: float(w[i]) for name, w in forward.weights.items()},
             routing=None if forward.routing is None or experts else forward.routing[i].cpu(),
         )
@@ -143,7 +153,7 @@ def explain_batch(
             explanation.attention = {
                 f"{text}->{name}": strips[name][i, kept.to(strips[name].device)].cpu()
                 for name in shown
-                if strips[name] is not None
+                if strips.get(name) is not None
             }
         if tabular is not None and has(tabular, i):
             explanation.feature_attention = {
@@ -201,6 +211,13 @@ def _bar_routing(ax: Axes, routing: torch.Tensor) -> None:
     ax.set_ylim(0, 1)
 
 
+def _bar_slices(ax: Axes, weights: Sequence[float]) -> None:
+    centre = len(weights) // 2
+    ax.bar(range(len(weights)), weights, color=["tab:red" if k == centre else "tab:blue" for k in range(len(weights))])
+    ax.set_xticks(range(len(weights)), [f"{k - centre:+d}" if k != centre else "0" for k in range(len(weights))])
+    ax.set_ylim(0, 1)
+
+
 def _bar_features(ax: Axes, features: Sequence[str], attention: dict[str, torch.Tensor]) -> None:
     """Grouped horizontal bars: per tabular feature, the attention each query modality puts on it."""
     height = 0.8 / len(attention)
@@ -234,6 +251,8 @@ def explanation_figure(explanation: Explanation, class_names: Sequence[str], max
         panels.append(("MoE routing weights", partial(_bar_routing, routing=e.routing)))
     if e.experts is not None:
         panels.append(("dual-expert gate", partial(_bar_gate, gate=e.experts)))
+    for name, weights in e.slices.items():
+        panels.append((f"slice weights: {name}", partial(_bar_slices, weights=weights)))
     if e.feature_attention and e.features is not None:
         bars = partial(_bar_features, features=e.features, attention=e.feature_attention)
         panels.append(("attention on the tabular features", bars))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -15,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.errors import ConfigError, check_option
 from medfusion.data.modalities import check_same_modalities
+from medfusion.encoders.slices import SliceMode, SlicePooling, SliceStackEncoder
 from medfusion.heads import Head, MLPHead
 from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
@@ -60,6 +62,11 @@ class ClassifierModule(L.LightningModule):
             run faster (CNNs under 16-bit precision on recent GPUs); the results are unchanged.
         compile: compile the encoders, fusion and head with ``torch.compile`` (in place, so checkpoints keep
             their keys) when the Trainer sets the model up; the first steps are slower while it compiles.
+        slice_mode: how an image modality read as a 2.5D stack (``data.slices``) is encoded: ``sequence`` (each
+            slice by the image encoder, then across the slices) or ``channels`` (one grey channel per slice); see
+            :class:`~medfusion.encoders.slices.SliceStackEncoder`.
+        slice_pooling: across the slices in ``sequence`` mode: ``transformer`` (a Transformer layer, then gated
+            attention pooling) or ``attention`` (the pooling alone).
 
     The ``temperature`` buffer divides the evaluation logits (1 until temperature scaling sets it; see
     :class:`~medfusion.callbacks.Evaluation`).
@@ -94,6 +101,8 @@ class ClassifierModule(L.LightningModule):
         tta: list[str] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        slice_mode: SliceMode = "sequence",
+        slice_pooling: SlicePooling = "transformer",
     ) -> None:
         super().__init__()
         check_option("model.lr", lr, lr > 0, "a positive number")
@@ -108,6 +117,7 @@ class ClassifierModule(L.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self._head_factory = head
+        self._slice_factory = partial(SliceStackEncoder, mode=slice_mode, pooling=slice_pooling)
         self.criterion = loss(class_counts)
         if logit_adjustment < 0:
             raise ValueError(f"logit_adjustment (tau) must be >= 0, got {logit_adjustment}")

@@ -77,6 +77,10 @@ def input_digest(dataset: MultimodalDataset, modality: str) -> str:
         digest.update(repr(dataset.transform).encode())
         if modality in getattr(dataset, "crops", {}):
             digest.update(dataset.crops[modality].digest().encode())
+        for stack in getattr(dataset, "slices", {}).get(modality, []):
+            for path in stack or ():
+                stat = os.stat(path)
+                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         for path in dataset.images[modality]:
             stat = os.stat(path) if path is not None else None
             digest.update(f"{path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())

@@ -10,6 +10,7 @@ from torch import nn
 
 from medfusion.data.errors import ConfigError
 from medfusion.encoders import ImageEncoder, TabularEncoder, TextEncoder
+from medfusion.encoders.slices import SliceStackEncoder
 
 ImageEncoderFactory = Callable[[], ImageEncoder]
 TextEncoderFactory = Callable[[], TextEncoder]
@@ -19,10 +20,13 @@ Specs = dict[str, dict[str, Any]]
 
 def build_encoder(name: str, spec: dict[str, Any], factories: dict[str, Callable[..., nn.Module]]) -> nn.Module:
     """The encoder of modality ``name`` from its spec (``{"kind", ...sizes}``, see the datamodule's
-    ``modality_specs``) and the factory of its kind: images ``factory()``, text ``factory(vocab_size=V)``, tabular
+    ``modality_specs``) and the factory of its kind: images ``factory()`` (a slice stack, ``"slices": K``, wrapped
+    by ``factories["slices"]``, default :class:`SliceStackEncoder`), text ``factory(vocab_size=V)``, tabular
     ``factory(num_numeric, cardinalities)``."""
     kind = spec.get("kind")
     if kind == "image":
+        if spec.get("slices"):
+            return factories.get("slices", SliceStackEncoder)(factories["image"], num_slices=int(spec["slices"]))
         return factories["image"]()
     if kind == "text":
         return factories["text"](vocab_size=spec.get("vocab_size"))
