@@ -1,13 +1,14 @@
 """Looking as a clinician looks: each strategy against its baseline on its demo, test macro-F1 over seeds.
 
-    python benchmarks/clinician_views.py [--study global_local|slices] [--seeds 0 1 2] [--out_dir runs/clinician_views]
-                                         [--extra ARG ...]
+    python benchmarks/clinician_views.py [--study global_local|slices|studies] [--seeds 0 1 2]
+                                         [--out_dir runs/clinician_views] [--extra ARG ...]
 
 ``global_local`` (``configs/demo_global_local.yaml``): the whole image at 64 px alone (the baseline), the lesion
 crop alone, both (concat fusion), and both with the uncertainty-gated dual expert (``model.dual_expert: local``;
 reported against the single head). ``slices`` (``configs/demo_25d.yaml``): the named slice alone, then it and
 two neighbours on each side as channels, as a sequence with attention pooling, and with a Transformer across the
-slices. Each cell is one ``medfusion fit`` with its seed (weights, order; the data
+slices. ``studies`` (``configs/demo_study.yaml``): each study's first image alone, then all its images pooled by
+mean, max and gated attention. Each cell is one ``medfusion fit`` with its seed (weights, order; the data
 and its split are the same for every cell), tested on the best checkpoint by validation macro-F1. Finished cells
 are read back from their ``metrics.json``, so an interrupted study resumes. ``--extra`` passes a CLI argument to
 every run (e.g. ``--extra=--trainer.max_epochs=3``).
@@ -48,6 +49,15 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
             "2.5D, channels": ["--model.slice_mode=channels"],
             "2.5D, sequence + attention pooling": ["--model.slice_pooling=attention"],
             "2.5D, sequence + Transformer": [],
+        },
+    ),
+    "studies": (
+        "demo_study.yaml",
+        {
+            "first image": ["--data.study_max_images=1"],
+            "study, mean pooling": ["--model.study_pooling=mean"],
+            "study, max pooling": ["--model.study_pooling=max"],
+            "study, attention pooling": [],
         },
     ),
 }

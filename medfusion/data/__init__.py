@@ -3,7 +3,12 @@ embedded demo data."""
 
 from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.dataset import Collate, MultimodalDataset
-from medfusion.data.demo_module import DemoDataModule, GlobalLocalDemoDataModule, SliceDemoDataModule
+from medfusion.data.demo_module import (
+    DemoDataModule,
+    GlobalLocalDemoDataModule,
+    SliceDemoDataModule,
+    StudyDemoDataModule,
+)
 from medfusion.data.errors import ConfigError, DataError
 from medfusion.data.shard_module import ShardDataModule
 from medfusion.data.tabular import TabularFeatures, TabularPreprocessor, TabularSpec
@@ -19,6 +24,7 @@ __all__ = [
     "MultimodalDataset",
     "ShardDataModule",
     "SliceDemoDataModule",
+    "StudyDemoDataModule",
     "TabularFeatures",
     "TabularPreprocessor",
     "TabularSpec",

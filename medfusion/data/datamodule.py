@@ -25,6 +25,7 @@ from medfusion.data.reader import CsvReader, SplitOptions, read_all
 from medfusion.data.setup_cache import load_or_read, setup_key
 from medfusion.data.slices import replicated, slice_specs
 from medfusion.data.state import check_same_state, find_data_state, mark
+from medfusion.data.studies import check_study_options
 from medfusion.data.table import Records
 from medfusion.data.tabular import UNKNOWN, TabularPreprocessor, TabularSpec
 from medfusion.data.test_sets import TestSet
@@ -98,6 +99,11 @@ class MultimodalDataModule(L.LightningDataModule):
             replicated, counted as ``replicated_slices/<set>``) or ``{image: {column: slice_files, sep: ";"}}``
             (the files a column lists, in order); see :mod:`medfusion.data.slices`. Random augmentations are the
             same for every slice of a stack.
+        study_column: a column of study ids: the rows of a study (1..M images) are one sample, with one label and
+            one prediction; its text and tabular values are its first row's, and its rows must agree on label,
+            split and group (see :mod:`medfusion.data.studies`). The model pools each study's images
+            (``model.study_pooling``). Splits, metrics and predictions are per study.
+        study_max_images: keep at most this many images of a study (the first ones, in row order).
         numeric_columns: numeric clinical variables of the ``tabular`` modality (``[age, psa]``), standardised
             with the mean and std of the training rows only; a missing value is flagged, never a silent 0.
         categorical_columns: categorical variables of the ``tabular`` modality (``[sex, localization]``), read
@@ -185,6 +191,8 @@ class MultimodalDataModule(L.LightningDataModule):
         image_columns: dict[str, str] | None = None,
         crops: dict[str, dict[str, Any]] | None = None,
         slices: dict[str, dict[str, Any]] | None = None,
+        study_column: str | None = None,
+        study_max_images: int | None = None,
         numeric_columns: list[str] | None = None,
         categorical_columns: list[str] | None = None,
         split_column: str | None = None,
@@ -256,6 +264,8 @@ class MultimodalDataModule(L.LightningDataModule):
         file_images = list(self.image_columns) or (["image"] if image_dir else [])
         self.crops = crop_specs(crops, file_images)
         self.slices = slice_specs(slices, file_images)
+        check_study_options(study_column, study_max_images, list(self.crops), list(self.slices))
+        self.study_column = study_column
         trained = find_data_state(read_checkpoint(from_checkpoint), from_checkpoint) if from_checkpoint else None
         spec = None
         if numeric_columns or categorical_columns:
@@ -306,6 +316,8 @@ class MultimodalDataModule(L.LightningDataModule):
             merge_equivalent_labels,
             {name: spec for name, spec in self.crops.items() if name in self.image_names},
             {name: spec for name, spec in self.slices.items() if name in self.image_names},
+            study_column,
+            study_max_images,
         )
         read = partial(
             read_all,
@@ -387,6 +399,8 @@ class MultimodalDataModule(L.LightningDataModule):
             spec: dict[str, Any] = {"kind": kind}
             if name in self.slices:
                 spec["slices"] = self._stack_size(name)
+            if kind == "image" and self.study_column is not None:
+                spec["study"] = True
             if kind == "text":
                 spec["vocab_size"] = self.vocab_size
             elif kind == "tabular" and self.tabular is not None:
@@ -402,7 +416,7 @@ class MultimodalDataModule(L.LightningDataModule):
         if k is not None:
             return 2 * k + 1
         records = [r for r in (self._table, *self._test_records, self._predict_records) if r is not None]
-        stack = next((s for r in records for s in r.slices.get(name, []) if s is not None), None)
+        stack = next((s for r in records for s in r.stacks.get(name, []) if s is not None), None)
         if stack is None:
             raise DataError(f"No row lists slices for {name!r}. Fix: fill in data.slices.{name}.column.")
         return len(stack)
@@ -443,7 +457,7 @@ class MultimodalDataModule(L.LightningDataModule):
             if "tabular" in self.allow_missing:
                 tabular_present = [not absent for absent in records.tabular_absent()]
         for modality in self.slices:
-            count = replicated(records.slices[modality])
+            count = replicated(records.stacks[modality])
             self.data_report[f"replicated_slices/{name}"] = count
             if count and name == "train":
                 rank_zero_warn(
@@ -465,7 +479,8 @@ class MultimodalDataModule(L.LightningDataModule):
             labels=labels,
             images={modality: records.images[modality] for modality in self.image_names},
             crops={m: self._crops(records, m) for m in self.image_names if m in self.crops},
-            slices={m: records.slices[m] for m in self.image_names if m in self.slices},
+            stacks={m: records.stacks[m] for m in self.image_names if m in records.stacks},
+            studies=self.image_names if self.study_column is not None else (),
             token_ids=self._tokenize(records, name) if self.uses_text else None,
             tabular=tabular,
             tabular_present=tabular_present,
@@ -495,11 +510,10 @@ class MultimodalDataModule(L.LightningDataModule):
 
     @staticmethod
     def _files(records: Records, name: str) -> list[str | None]:
-        """The files of image modality ``name``, one per sample, or K per sample for a slice stack (flattened)."""
-        if name not in records.slices:
+        """The files of image modality ``name``, one per sample, or a slice stack's or study's files, flattened."""
+        if name not in records.stacks:
             return records.images[name]
-        size = len(next((s for s in records.slices[name] if s is not None), [None]))
-        return [f for stack in records.slices[name] for f in (stack if stack is not None else [None] * size)]
+        return [f for stack in records.stacks[name] for f in stack or ()]
 
     def _crops(self, records: Records, name: str) -> Crops | None:
         """How image modality ``name`` of ``records`` is cut (None: it is not a crop)."""
@@ -547,9 +561,11 @@ class MultimodalDataModule(L.LightningDataModule):
         for records in (self._table, *self._test_records[1:], self._predict_records):
             for name, paths in records.images.items() if records is not None else ():
                 verify_images(paths, records.csv_path, cache)
-                stacks = records.slices.get(name, [])
+                stacks = records.stacks.get(name, [])
                 for j in range(max((len(s) for s in stacks if s is not None), default=0)):  # the neighbours too
-                    verify_images([None if s is None else s[j] for s in stacks], records.csv_path, cache)
+                    verify_images(
+                        [s[j] if s is not None and j < len(s) else None for s in stacks], records.csv_path, cache
+                    )
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
@@ -596,13 +612,12 @@ class MultimodalDataModule(L.LightningDataModule):
     def collate(self) -> Collate:
         """The batch collate function: pads token ids with the tokenizer's pad id; an absent text becomes the
         tokenizer's encoding of ``""`` (e.g. ``[CLS] [SEP]``), an absent image zeros of the model input size."""
+        sets = tuple(self.image_names) if self.study_column is not None else ()
+        shape = (3, self.image_size, self.image_size)
         if self.tokenizer is None:
-            return Collate(0, image_shape=(3, self.image_size, self.image_size))
-        return Collate(
-            self.tokenizer.pad_token_id,
-            missing_text_ids=tuple(self.tokenizer("")["input_ids"]),
-            image_shape=(3, self.image_size, self.image_size),
-        )
+            return Collate(0, image_shape=shape, sets=sets)
+        missing = tuple(self.tokenizer("")["input_ids"])
+        return Collate(self.tokenizer.pad_token_id, missing_text_ids=missing, image_shape=shape, sets=sets)
 
     def train_dataloader(self) -> DataLoader:
         """An :class:`EpochSeededLoader`: each epoch's order, augmentation and dropout are reseeded from the run's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,8 +57,11 @@ class MultimodalDataset(Dataset):
             others from their files).
         cached_transform: applied to the uint8 images read from ``cached`` instead of ``transform``.
         crops: per crop modality name (``data.crops``), how its images (its source's files) are cut.
-        slices: per slice-stack modality name (``data.slices``), each sample's slice files in order: its input is
-            ``[K, 3, S, S]``, every slice through the same random transform.
+        stacks: per slice-stack modality name (``data.slices``), each sample's slice files in order: its input is
+            ``[K, 3, S, S]``, every slice through the same random transform; in study mode (``data.study_column``)
+            each study's images, ``[M, 3, S, S]`` with M varying.
+        studies: the names of ``stacks`` that are studies: their images are transformed one by one (they may differ
+            in size), not with one draw for all.
     """
 
     def __init__(
@@ -76,7 +80,8 @@ class MultimodalDataset(Dataset):
         cached: dict[str, CachedImages] | None = None,
         cached_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         crops: dict[str, Crops] | None = None,
-        slices: dict[str, list[list[str] | None]] | None = None,
+        stacks: dict[str, list[list[str] | None]] | None = None,
+        studies: Sequence[str] = (),
     ) -> None:
         images = dict(images or {})
         sized = {f"images[{name!r}]": paths for name, paths in images.items()}
@@ -104,7 +109,9 @@ class MultimodalDataset(Dataset):
         self.cached = dict(cached or {})
         self.cached_transform = cached_transform
         self.crops = dict(crops or {})
-        self.slices = dict(slices or {})
+        self.stacks = dict(stacks or {})
+        self._offsets: dict[str, list[int]] = {}
+        self.studies = frozenset(studies)
         self._cropper = CropReader(self.crops, self._where)
         self._bad: set[int] = set()  # indices whose image failed to decode (per process)
 
@@ -153,11 +160,18 @@ class MultimodalDataset(Dataset):
         for name, paths in self.images.items():
             pixels = self._cached_pixels(name, index) if paths[index] is not None else None
             if pixels is not None and not blank:
-                sample[name] = self.cached_transform(pixels) if self.cached_transform else pixels
+                if name in self.studies and self.cached_transform:
+                    sample[name] = torch.stack([self.cached_transform(one) for one in pixels])
+                else:
+                    sample[name] = self.cached_transform(pixels) if self.cached_transform else pixels
             else:
                 blanked = blank and paths[index] is not None
                 image = self._blank(name, index) if blanked else self.load_image(name, index)
-                sample[name] = self.transform(image) if self.transform and image is not None else image
+                if name in self.studies and self.transform and image is not None:
+                    image = [self.transform(one) for one in image]
+                elif self.transform and image is not None:
+                    image = self.transform(image)
+                sample[name] = image
                 if isinstance(sample[name], list):  # a slice stack: the same random augmentation on every slice
                     sample[name] = torch.stack(sample[name])
             sample["present"][name] = paths[index] is not None
@@ -174,16 +188,18 @@ class MultimodalDataset(Dataset):
         stack, whose entry holds K rows per sample); None when not all are stored."""
         if name not in self.cached:
             return None
-        if name not in self.slices:
+        if name not in self.stacks:
             return self.cached[name].image(index)
-        size = len(self.slices[name][index])
-        rows = [self.cached[name].image(index * size + j) for j in range(size)]
+        if name not in self._offsets:  # where each sample's files start in the flattened entry
+            self._offsets[name] = list(accumulate((len(stack or ()) for stack in self.stacks[name]), initial=0))
+        start = self._offsets[name][index]
+        rows = [self.cached[name].image(start + j) for j in range(len(self.stacks[name][index]))]
         return None if any(r is None for r in rows) else torch.stack(rows)  # type: ignore[arg-type]
 
     def _blank(self, name: str, index: int) -> Any:
         """A blank stand-in for sample ``index``'s unreadable image (a list of them for a slice stack)."""
-        if name in self.slices:
-            return [Image.new("RGB", (8, 8)) for _ in self.slices[name][index] or ()]
+        if name in self.stacks:
+            return [Image.new("RGB", (8, 8)) for _ in self.stacks[name][index] or ()]
         return Image.new("RGB", (8, 8))
 
     def _where(self, index: int) -> str:
@@ -196,8 +212,8 @@ class MultimodalDataset(Dataset):
         """Image modality ``name`` of sample ``index`` as an RGB image (None: it has none), cut to its crop when
         ``name`` is one (:mod:`medfusion.data.crops`; a crop that cannot be cut is a :class:`DataError`); for a
         slice stack (:mod:`medfusion.data.slices`) the list of its slices, in order."""
-        if name in self.slices and self.slices[name][index] is not None:
-            stack = self.slices[name][index]
+        if name in self.stacks and self.stacks[name][index] is not None:
+            stack = self.stacks[name][index]
             return [self._open(path, index) for path in stack]
         paths = self.images[name]
         image = self.open_image(paths, index)
@@ -242,8 +258,8 @@ class MultimodalDataset(Dataset):
         dataset = copy.copy(self)
         if modality in self.images:
             dataset.images = {**self.images, modality: [None] * len(self)}
-            if modality in self.slices:
-                dataset.slices = {**self.slices, modality: [None] * len(self)}
+            if modality in self.stacks:
+                dataset.stacks = {**self.stacks, modality: [None] * len(self)}
         elif modality == "text":
             dataset.token_ids = [None] * len(self)
             dataset.texts = None if self.texts is None else [None] * len(self)
@@ -274,11 +290,14 @@ class Collate:
         pad_token_id: the padding id.
         missing_text_ids: the placeholder of an absent text, e.g. the tokenizer's ``[CLS] [SEP]``.
         image_shape: ``(C, H, W)`` of the placeholder when no sample of a batch has an image.
+        sets: image modalities whose samples hold a varying number of images (studies): batched as
+            ``{"images": [B, M, C, H, W], "mask": bool [B, M]}``, padded with zeros to the batch's largest study.
     """
 
     pad_token_id: int = 0
     missing_text_ids: tuple[int, ...] | None = None
     image_shape: tuple[int, int, int] | None = None
+    sets: tuple[str, ...] = ()
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         first = samples[0]
@@ -295,6 +314,8 @@ class Collate:
                 batch[name] = self._texts(values)
             elif name == "tabular":
                 batch[name] = {key: torch.stack([torch.as_tensor(v[key]) for v in values]) for key in values[0]}
+            elif name in self.sets:
+                batch[name] = self._sets(values)
             else:
                 batch[name] = self._images(values)
         if "error" in first:
@@ -313,6 +334,18 @@ class Collate:
             input_ids[row, : len(text)] = torch.as_tensor(text, dtype=torch.long)
             attention_mask[row, : len(text)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _sets(self, sets: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        largest = max((len(s) for s in sets if s is not None), default=1)
+        shape = next((s.shape[1:] for s in sets if s is not None), self.image_shape)
+        if shape is None:
+            raise ValueError("no sample of this batch has an image: give Collate an image_shape for placeholders")
+        images = torch.zeros((len(sets), largest, *shape))
+        mask = torch.zeros((len(sets), largest), dtype=torch.bool)
+        for row, one in enumerate(sets):
+            if one is not None:
+                images[row, : len(one)], mask[row, : len(one)] = one, True
+        return {"images": images, "mask": mask}
 
     def _images(self, images: list[torch.Tensor | None]) -> torch.Tensor:
         present = next((image for image in images if image is not None), None)

@@ -10,6 +10,7 @@ from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.demo import default_cache_dir, ensure_demo_data, image_columns
 from medfusion.data.demo.generate import ensure_generated
 from medfusion.data.demo.global_local import global_local_args, make_global_local_data
+from medfusion.data.demo.studies import make_study_data, study_args
 from medfusion.data.demo.volumes import make_volume_data, volume_args
 from medfusion.data.options import check_demo_options
 
@@ -143,6 +144,45 @@ class SliceDemoDataModule(MultimodalDataModule):
             id_column="image_id",
             label_column="label",
             image_column="image_path",
+            image_size=image_size,
+            **kwargs,
+        )
+
+
+class StudyDemoDataModule(MultimodalDataModule):
+    """The generated study-level demo (:mod:`medfusion.data.demo.studies`): studies of 1-4 images, one of which
+    shows the class, read one sample per study (``study_column: study_id``). Generated on first use.
+
+    Args:
+        root: where the dataset lives; default ``$MEDFUSION_CACHE/demo/studies_...``.
+        num_studies: number of studies (balanced over the four classes).
+        demo_image_size: side of the generated images.
+        demo_seed: seed of the generator.
+        image_size: side of the model input.
+        **kwargs: any :class:`MultimodalDataModule` option (``study_max_images: 1`` reads each study's first
+            image alone).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_studies: int = 600,
+        demo_image_size: int = 64,
+        demo_seed: int = 0,
+        image_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        args = study_args(num_studies, demo_image_size, demo_seed)
+        out = Path(root) if root else default_cache_dir() / f"studies_n{num_studies}_s{demo_image_size}_seed{demo_seed}"
+        make = partial(make_study_data, num_studies=num_studies, image_size=demo_image_size, seed=demo_seed)
+        ensure_generated(out, make, args)
+        if kwargs.get("study_column") is None:  # the CLI passes every option, unset ones as None
+            kwargs["study_column"] = "study_id"
+        super().__init__(
+            csv_path=str(out / "metadata.csv"),
+            image_dir=str(out / "images"),
+            id_column="image_id",
+            label_column="label",
             image_size=image_size,
             **kwargs,
         )

@@ -47,6 +47,8 @@ class CsvReader:
     merge_equivalent_labels: bool = False
     crops: dict[str, CropSpec] = field(default_factory=dict)
     slices: dict[str, SliceSpec] = field(default_factory=dict)
+    study_column: str | None = None
+    study_max_images: int | None = None
 
     def read(
         self,
@@ -80,6 +82,8 @@ class CsvReader:
             na_values=self.na_values,
             crops=self.crops,
             slices=self.slices,
+            study_column=self.study_column,
+            study_max_images=self.study_max_images,
         )
 
     def merge_labels(self, records: Records, class_names: Sequence[str]) -> Records:

@@ -106,7 +106,7 @@ def _records_json(records: Records) -> dict[str, Any]:
         "rows": records.rows,
         "tabular": tabular,
         "crops": records.crops,
-        "slices": records.slices,
+        "stacks": records.stacks,
     }
 
 
@@ -125,7 +125,7 @@ def _records_from_json(data: dict[str, Any]) -> Records:
         data["rows"],
         tabular,
         data["crops"],
-        data["slices"],
+        data["stacks"],
     )
 
 

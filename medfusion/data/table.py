@@ -28,7 +28,7 @@ class Records:
     the CSV (for error messages, and to index ``tabular``). ``tabular`` is the CSV's tabular columns, all rows
     (:meth:`subset` keeps the frame and narrows ``rows``), for the tabular preprocessor. ``crops`` holds per crop
     modality (``data.crops``) each sample's box (4 numbers) or mask file; its ``images`` are its source's.
-    ``slices`` holds per slice-stack modality (``data.slices``) each sample's files in order (None: no image); its
+    ``stacks`` holds per slice-stack modality (``data.slices``) each sample's files in order (None: no image); its
     ``images`` are the centre ones."""
 
     csv_path: Path
@@ -41,7 +41,7 @@ class Records:
     rows: list[int]
     tabular: pd.DataFrame | None = None
     crops: dict[str, list] = field(default_factory=dict)
-    slices: dict[str, list] = field(default_factory=dict)
+    stacks: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, csv_path: str | Path | None) -> Records:
@@ -63,7 +63,7 @@ class Records:
             pick(self.rows),
             self.tabular,
             {name: pick(values) for name, values in self.crops.items()},
-            {name: pick(values) for name, values in self.slices.items()},
+            {name: pick(values) for name, values in self.stacks.items()},
         )
 
     def tabular_absent(self) -> list[bool]:
@@ -268,6 +268,8 @@ def read_records(
     na_values: Sequence[str] = (),
     crops: dict[str, CropSpec] | None = None,
     slices: dict[str, SliceSpec] | None = None,
+    study_column: str | None = None,
+    study_max_images: int | None = None,
 ) -> Records:
     """Read and validate one CSV. ``image_columns`` maps each image modality name to its column of paths (None:
     the files are found by id); ``image_index=None`` skips images; no text source skips texts;
@@ -279,7 +281,8 @@ def read_records(
     with every tabular cell empty mark a sample without that modality (None in the records); a sample without
     any modality is still an error. ``sep`` and ``na_values`` are as in :func:`read_csv`. ``crops`` (by modality
     name) adds images cut from their source modality's: its boxes or mask files (found like the images);
-    ``slices`` reads image modalities as stacks of slices (:mod:`medfusion.data.slices`).
+    ``slices`` reads image modalities as stacks of slices (:mod:`medfusion.data.slices`); ``study_column`` makes
+    each study (its rows) one record (:mod:`medfusion.data.studies`).
     """
     csv_path = Path(csv_path).expanduser()
     image_columns, crops = dict(image_columns or {}), dict(crops or {}) if image_index is not None else {}
@@ -291,7 +294,8 @@ def read_records(
     required += [c for spec in crops.values() for c in spec.columns if c not in required]
     slices = dict(slices or {}) if image_index is not None else {}
     listed = {name: spec.column for name, spec in slices.items() if spec.column}
-    as_text += [c for c in listed.values() if c not in as_text]
+    as_text += [c for c in [*listed.values(), study_column] if c and c not in as_text]
+    required += [study_column] if study_column and study_column not in required else []
     required += [c for c in listed.values() if c not in required]
     table = read_csv(csv_path, required, as_text, sep=sep, na_values=na_values)
     if label_column not in table.columns:
@@ -350,6 +354,11 @@ def read_records(
     _check_some_modality(records, allow_missing)
     records.splits = _column_values(table, split_column, csv_path, "split") if split_column else None
     records.groups = _column_values(table, group_column, csv_path, "group") if group_column else None
+    if study_column:
+        from medfusion.data.studies import group_studies  # studies builds on Records
+
+        studies = _column_values(table, study_column, csv_path, "study id")
+        records = group_studies(records, studies, study_max_images)
     return records
 
 

@@ -5,6 +5,7 @@ from medfusion.encoders.encoded import Encoded, call_encoder, encode_present
 from medfusion.encoders.image import ImageEncoder
 from medfusion.encoders.pooling import GatedAttentionPool
 from medfusion.encoders.slices import SliceStackEncoder
+from medfusion.encoders.study import StudyEncoder
 from medfusion.encoders.tabular import TabularEncoder
 from medfusion.encoders.text import TextEncoder, tiny_bert_config
 
@@ -13,6 +14,7 @@ __all__ = [
     "GatedAttentionPool",
     "ImageEncoder",
     "SliceStackEncoder",
+    "StudyEncoder",
     "TabularEncoder",
     "TextEncoder",
     "call_encoder",

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from medfusion.encoders.slices import SliceStackEncoder
+from medfusion.encoders.study import StudyEncoder
 from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.interpret.gradcam import gradcam
 from medfusion.interpret.maps import ForwardMaps, forward_maps, patch_map
@@ -39,7 +40,8 @@ class Explanation:
     ``"<query>-><tabular>"`` map, the mean attention of the query's real tokens on each tabular feature, named by
     ``features``. ``gate`` is each fusion input's weight (gated, hierarchical fusions); ``routing`` the MoE head's
     combine weights; ``experts`` the dual-expert gate, each expert's weight by name. A 2.5D slice stack shows its
-    centre slice, no Grad-CAM, and in ``slices`` the weight the model put on each slice (sequence mode).
+    centre slice, no Grad-CAM, and in ``slices`` the weight the model put on each slice (sequence mode); a study
+    (named in ``studies``) its first image and in ``slices`` the weight on each of its images.
     """
 
     id: str
@@ -55,6 +57,7 @@ class Explanation:
     routing: torch.Tensor | None = None
     experts: dict[str, float] | None = None
     slices: dict[str, list[float]] = field(default_factory=dict)
+    studies: list[str] = field(default_factory=list)
 
     @property
     def predicted(self) -> int:
@@ -114,15 +117,12 @@ def explain_batch(
         return flags[name][i] if name in flags else True
 
     names = [name for name in model.image_modalities if name in batch]
-    stacks = {name: model.encoders[name] for name in names if isinstance(model.encoders[name], SliceStackEncoder)}
+    stacks = {n: model.encoders[n] for n in names if isinstance(model.encoders[n], SliceStackEncoder | StudyEncoder)}
     cams = {name: gradcam(model, batch, modality=name) for name in names if name not in stacks}
     shape = (1, -1, 1, 1)
     mean_t, std_t = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
-    shown_images = {
-        name: batch[name][:, batch[name].shape[1] // 2] if name in stacks else batch[name] for name in names
-    }
-    images = {name: (x.detach().float().cpu() * std_t + mean_t).clamp(0, 1) for name, x in shown_images.items()}
-    slice_weights = {n: e.slice_weights.cpu() for n, e in stacks.items() if e.slice_weights is not None}
+    images = {name: (_shown(batch[name]).detach().float().cpu() * std_t + mean_t).clamp(0, 1) for name in names}
+    slice_weights = {n: _weights(e, batch[n]) for n, e in stacks.items() if _weights(e, batch[n]) is not None}
     text, tabular = _modality(model, "text"), _modality(model, "tabular")
     positions = _token_positions(batch, text, tokenizer)
     flat = [name for name in names if name not in stacks]  # a stack's tokens are its slices, not a patch grid
@@ -140,7 +140,8 @@ def explain_batch(
             probs=probs[i],
             images={name: images[name][i] for name in shown},
             cams={name: cams[name][i] for name in shown if name in cams},
-            slices={name: slice_weights[name][i].tolist() for name in shown if name in slice_weights},
+            slices={name: slice_weights[name][i] for name in shown if name in slice_weights},
+            studies=[name for name in shown if isinstance(stacks.get(name), StudyEncoder)],
             gate=None if forward.weights is None else {name: float(w[i]) for name, w in forward.weights.items()},
             routing=None if forward.routing is None or experts else forward.routing[i].cpu(),
         )
@@ -211,10 +212,31 @@ def _bar_routing(ax: Axes, routing: torch.Tensor) -> None:
     ax.set_ylim(0, 1)
 
 
-def _bar_slices(ax: Axes, weights: Sequence[float]) -> None:
-    centre = len(weights) // 2
+def _shown(images: Any) -> torch.Tensor:
+    """The image a figure shows: itself, a slice stack's centre slice, a study's first image."""
+    if isinstance(images, dict):
+        return images["images"][:, 0]
+    return images[:, images.shape[1] // 2] if images.ndim == 5 else images
+
+
+def _weights(encoder: Any, images: Any) -> list[list[float]] | None:
+    """Per sample the weights the encoder put on each slice or on each real image of a study (None: no weights)."""
+    weights = getattr(encoder, "slice_weights", None)
+    if weights is None:
+        weights = getattr(encoder, "image_weights", None)
+    if weights is None:
+        return None
+    if isinstance(images, dict):
+        return [row[mask].tolist() for row, mask in zip(weights.cpu(), images["mask"].cpu(), strict=True)]
+    return weights.cpu().tolist()
+
+
+def _bar_slices(ax: Axes, weights: Sequence[float], centred: bool) -> None:
+    """Bars per slice (offsets from the centre slice, drawn red) or per image of a study (1..M)."""
+    centre = len(weights) // 2 if centred else -1
     ax.bar(range(len(weights)), weights, color=["tab:red" if k == centre else "tab:blue" for k in range(len(weights))])
-    ax.set_xticks(range(len(weights)), [f"{k - centre:+d}" if k != centre else "0" for k in range(len(weights))])
+    labels = [("0" if k == centre else f"{k - centre:+d}") if centred else str(k + 1) for k in range(len(weights))]
+    ax.set_xticks(range(len(weights)), labels)
     ax.set_ylim(0, 1)
 
 
@@ -252,7 +274,9 @@ def explanation_figure(explanation: Explanation, class_names: Sequence[str], max
     if e.experts is not None:
         panels.append(("dual-expert gate", partial(_bar_gate, gate=e.experts)))
     for name, weights in e.slices.items():
-        panels.append((f"slice weights: {name}", partial(_bar_slices, weights=weights)))
+        study = name in e.studies
+        title = f"{'image' if study else 'slice'} weights: {name}"
+        panels.append((title, partial(_bar_slices, weights=weights, centred=not study)))
     if e.feature_attention and e.features is not None:
         bars = partial(_bar_features, features=e.features, attention=e.feature_attention)
         panels.append(("attention on the tabular features", bars))

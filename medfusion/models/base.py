@@ -17,6 +17,7 @@ from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.errors import ConfigError, check_option
 from medfusion.data.modalities import check_same_modalities
 from medfusion.encoders.slices import SliceMode, SlicePooling, SliceStackEncoder
+from medfusion.encoders.study import StudyEncoder, StudyPooling
 from medfusion.heads import Head, MLPHead
 from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
@@ -67,6 +68,8 @@ class ClassifierModule(L.LightningModule):
             :class:`~medfusion.encoders.slices.SliceStackEncoder`.
         slice_pooling: across the slices in ``sequence`` mode: ``transformer`` (a Transformer layer, then gated
             attention pooling) or ``attention`` (the pooling alone).
+        study_pooling: how a study's images (``data.study_column``) are pooled: ``mean``, ``max`` or gated
+            ``attention`` (Ilse et al. 2018); see :class:`~medfusion.encoders.study.StudyEncoder`.
 
     The ``temperature`` buffer divides the evaluation logits (1 until temperature scaling sets it; see
     :class:`~medfusion.callbacks.Evaluation`).
@@ -103,6 +106,7 @@ class ClassifierModule(L.LightningModule):
         compile: bool = False,
         slice_mode: SliceMode = "sequence",
         slice_pooling: SlicePooling = "transformer",
+        study_pooling: StudyPooling = "attention",
     ) -> None:
         super().__init__()
         check_option("model.lr", lr, lr > 0, "a positive number")
@@ -118,6 +122,7 @@ class ClassifierModule(L.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self._head_factory = head
         self._slice_factory = partial(SliceStackEncoder, mode=slice_mode, pooling=slice_pooling)
+        self._study_factory = partial(StudyEncoder, pooling=study_pooling)
         self.criterion = loss(class_counts)
         if logit_adjustment < 0:
             raise ValueError(f"logit_adjustment (tau) must be >= 0, got {logit_adjustment}")
@@ -191,7 +196,7 @@ class ClassifierModule(L.LightningModule):
         (as ``log(mean softmax)``) when configured, and the plain view's features ``[B, D]`` before the head."""
         features = self.embed(batch)
         logits = self.calibrate(self.head(features))
-        images = [name for name in self.image_modalities if name in batch]
+        images = [name for name in self.image_modalities if isinstance(batch.get(name), torch.Tensor)]  # not studies
         if not self.tta or not images:
             return logits, features
         views = [

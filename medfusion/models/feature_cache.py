@@ -77,7 +77,7 @@ def input_digest(dataset: MultimodalDataset, modality: str) -> str:
         digest.update(repr(dataset.transform).encode())
         if modality in getattr(dataset, "crops", {}):
             digest.update(dataset.crops[modality].digest().encode())
-        for stack in getattr(dataset, "slices", {}).get(modality, []):
+        for stack in getattr(dataset, "stacks", {}).get(modality, []):
             for path in stack or ():
                 stat = os.stat(path)
                 digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

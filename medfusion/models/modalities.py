@@ -11,6 +11,7 @@ from torch import nn
 from medfusion.data.errors import ConfigError
 from medfusion.encoders import ImageEncoder, TabularEncoder, TextEncoder
 from medfusion.encoders.slices import SliceStackEncoder
+from medfusion.encoders.study import StudyEncoder
 
 ImageEncoderFactory = Callable[[], ImageEncoder]
 TextEncoderFactory = Callable[[], TextEncoder]
@@ -21,10 +22,13 @@ Specs = dict[str, dict[str, Any]]
 def build_encoder(name: str, spec: dict[str, Any], factories: dict[str, Callable[..., nn.Module]]) -> nn.Module:
     """The encoder of modality ``name`` from its spec (``{"kind", ...sizes}``, see the datamodule's
     ``modality_specs``) and the factory of its kind: images ``factory()`` (a slice stack, ``"slices": K``, wrapped
-    by ``factories["slices"]``, default :class:`SliceStackEncoder`), text ``factory(vocab_size=V)``, tabular
+    by ``factories["slices"]``, default :class:`SliceStackEncoder`; a study set, ``"study": True``, by
+    ``factories["study"]``, default :class:`StudyEncoder`), text ``factory(vocab_size=V)``, tabular
     ``factory(num_numeric, cardinalities)``."""
     kind = spec.get("kind")
     if kind == "image":
+        if spec.get("study"):
+            return factories.get("study", StudyEncoder)(factories["image"])
         if spec.get("slices"):
             return factories.get("slices", SliceStackEncoder)(factories["image"], num_slices=int(spec["slices"]))
         return factories["image"]()

@@ -147,7 +147,7 @@ class MultimodalClassifier(ClassifierModule):
             )
         check_option("model.expert_loss_weight", expert_loss_weight, expert_loss_weight >= 0, "0 or more")
         factories = {"image": image_encoder, "text": text_encoder, "tabular": tabular_encoder}
-        factories["slices"] = self._slice_factory
+        factories["slices"], factories["study"] = self._slice_factory, self._study_factory
         for name, spec in self.modality_specs.items():
             if spec["kind"] == "text" and spec.get("vocab_size") is None:
                 spec = {**spec, "vocab_size": vocab_size}

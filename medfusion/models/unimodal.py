@@ -38,7 +38,9 @@ class SingleModalityClassifier(ClassifierModule):
         self.modality = name = next(iter(kinds))
         spec = dict(self.modality_specs[name])
         spec.update({key: value for key, value in sizes.items() if spec.get(key) is None})  # the data's sizes first
-        self.encoders[name] = build_encoder(name, spec, {self.kind: encoder_factory, "slices": self._slice_factory})
+        self.encoders[name] = build_encoder(
+            name, spec, {self.kind: encoder_factory, "slices": self._slice_factory, "study": self._study_factory}
+        )
         self._build_head(self.encoders[name].out_dim)
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:

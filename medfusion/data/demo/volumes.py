@@ -41,7 +41,7 @@ def volume_args(num_samples: int, image_size: int, seed: int) -> dict[str, int |
             "image_size": image_size, "seed": seed}  # fmt: skip
 
 
-def _blob(size: int, quadrant: int, rng: np.random.Generator) -> np.ndarray:
+def blob(size: int, quadrant: int, rng: np.random.Generator) -> np.ndarray:
     """A bright disc in ``quadrant`` (0 upper left, 1 upper right, 2 lower left, 3 lower right)."""
     half = size / 2
     cx = rng.uniform(0.25, 0.75) * half + (half if quadrant % 2 else 0)
@@ -58,9 +58,9 @@ def render_volume(rng: np.random.Generator, size: int, centre: int, quadrant: in
         grey = rng.normal(90, 18, (size, size)).astype(np.float32)
         distance = abs(j - centre)
         if 1 <= distance <= 2 or (distance == 0 and shows):
-            grey += 110 * _blob(size, quadrant, rng)
+            grey += 110 * blob(size, quadrant, rng)
         elif distance >= 3 and rng.random() < 0.5:
-            grey += 110 * _blob(size, int(rng.integers(4)), rng)  # a decoy, too far away to count
+            grey += 110 * blob(size, int(rng.integers(4)), rng)  # a decoy, too far away to count
         pixels = np.clip(grey, 0, 255).astype(np.uint8)
         slices.append(np.repeat(pixels[..., None], 3, axis=-1))
     return slices
