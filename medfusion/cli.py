@@ -352,7 +352,7 @@ EXTRA_COMMANDS = {
     "compare": "medfusion.compare:compare_main",
 }
 DESCRIPTION = (
-    "Multimodal (image + text) medical classification. Subcommands fit/validate/test/predict take "
+    "Multimodal (images, text, clinical variables) medical classification. Subcommands fit/validate/test/predict take "
     "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset, "
     "'medfusion explain --config CFG --ckpt_path CKPT --ids ID ...' writes Grad-CAM/attention figures, "
     "'medfusion pack --config CFG --out DIR' writes the data as streaming shards, "
