@@ -91,3 +91,15 @@ def test_a_dual_expert_model_learns_and_logs_and_explains_its_gate() -> None:
 def test_an_unknown_dual_expert_modality_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"model\.dual_expert names 'local'"):
         _model(dual_expert="local")
+
+
+def test_image_modalities_can_share_one_encoder() -> None:
+    specs = {"image": {"kind": "image"}, "local": {"kind": "image"}, "text": {"kind": "text", "vocab_size": VOCAB}}
+    shared = MultimodalClassifier(num_classes=2, modalities=specs, image_encoder=SMALL_IMAGE, text_encoder=SMALL_TEXT,
+                                  share_image_encoder=True)  # fmt: skip
+    separate = MultimodalClassifier(num_classes=2, modalities=specs, image_encoder=SMALL_IMAGE, text_encoder=SMALL_TEXT)
+    assert shared.encoders["image"] is shared.encoders["local"]
+    assert separate.encoders["image"] is not separate.encoders["local"]
+    image_params = sum(p.numel() for p in shared.encoders["image"].parameters())
+    total = sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in shared.parameters())
+    assert total == image_params  # the shared model has one image encoder's weights fewer

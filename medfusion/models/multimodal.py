@@ -78,6 +78,8 @@ class MultimodalClassifier(ClassifierModule):
             ``train/dual_expert_gate_<fused|name>``, and ``medfusion explain`` shows it per sample.
         dual_expert_temperature: the gate's softness (``softmax(-entropy / temperature)``).
         expert_loss_weight: the weight of the experts' own losses.
+        share_image_encoder: one image encoder (one set of weights) for every plain image modality, e.g. the
+            global view and the lesion crop, or two views; default: one encoder each.
         modality_dropout: in training, each sample that has two modalities or more loses one of them (each
             equally likely, never all) with this probability, marked absent so that the learned stand-ins are
             trained and the model copes with a missing modality at test time; no effect in evaluation. 0 = off.
@@ -109,6 +111,7 @@ class MultimodalClassifier(ClassifierModule):
         dual_expert: str | None = None,
         dual_expert_temperature: float = 1.0,
         expert_loss_weight: float = 1.0,
+        share_image_encoder: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,10 +151,17 @@ class MultimodalClassifier(ClassifierModule):
         check_option("model.expert_loss_weight", expert_loss_weight, expert_loss_weight >= 0, "0 or more")
         factories = {"image": image_encoder, "text": text_encoder, "tabular": tabular_encoder}
         factories["slices"], factories["study"] = self._slice_factory, self._study_factory
+        shared: dict[str, nn.Module] = {}
         for name, spec in self.modality_specs.items():
             if spec["kind"] == "text" and spec.get("vocab_size") is None:
                 spec = {**spec, "vocab_size": vocab_size}
+            same = share_image_encoder and spec["kind"] == "image" and not spec.get("slices") and not spec.get("study")
+            if same and "image" in shared:
+                self.encoders[name] = shared["image"]  # one module under several names: its weights are shared
+                continue
             self.encoders[name] = build_encoder(name, spec, factories)
+            if same:
+                shared["image"] = self.encoders[name]
         kind = fusion_class(fusion).input_kind
         size = {"pooled": "out_dim", "tokens": "token_dim", "levels": "level_dims"}[kind]
         self.fusion = fusion({name: getattr(encoder, size) for name, encoder in self.encoders.items()}, fusion_dim)
