@@ -196,3 +196,12 @@ def test_the_25d_demo_fits_from_the_image_cache_and_predicts_from_the_checkpoint
     main(["predict", *args, f"--ckpt_path={best}", f"--trainer.logger.init_args.save_dir={out}"])
     predicted = list(csv.DictReader((out / "demo" / "version_0" / "predictions.csv").open()))
     assert len(predicted) == len({r["id"] for r in predicted}) > 0
+
+
+def test_packing_slice_stacks_into_shards_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from medfusion.data.shards import sets_to_pack
+
+    dm = module(write_volumes(tmp_path), slices={"image": {"neighbours": 1}})
+    dm.setup(None)
+    with pytest.raises(ConfigError, match="not packed yet"):
+        sets_to_pack(dm)

@@ -93,6 +93,7 @@ class ShardDataModule(MultimodalDataModule):
         self.modality_kinds = dict(state["modalities"])
         self.modalities = list(self.modality_kinds)
         self.image_names = [name for name, kind in self.modality_kinds.items() if kind == "image"]
+        self.crops, self.slices, self.study_column = {}, {}, None  # crops are packed cut; no stacks nor studies
         self.uses_text = "text" in self.modality_kinds
         self.class_names, self.class_counts = list(state["class_names"]), state["class_counts"]
         self.tokenizer = tokenizer_from_state(state["tokenizer"]) if state.get("tokenizer") else None

@@ -79,7 +79,13 @@ def pack_sample(
 
 def sets_to_pack(datamodule: MultimodalDataModule) -> dict[str, MultimodalDataset]:
     """The datasets of a set-up ``datamodule`` that shards hold: all but the robustness sets (rebuilt from the test
-    set when read) and ``predict`` when it is only the test split again."""
+    set when read) and ``predict`` when it is only the test split again. Slice stacks and studies are refused
+    (a :class:`ConfigError`): shards hold one image per modality and sample."""
+    if datamodule.slices or datamodule.study_column is not None:
+        raise ConfigError(
+            "medfusion pack writes one image per modality and sample; data.slices and data.study_column are not "
+            "packed yet. Fix: train from the folder layout (with data.image_cache for speed)."
+        )
     derived = {f"test_{name}" for name in datamodule.robustness_sets}
     return {
         name: dataset
