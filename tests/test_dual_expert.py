@@ -42,6 +42,7 @@ def test_the_head_mixes_the_experts_probabilities_and_trains_both() -> None:
     log_probs = head(x)
     first, second = (logits.softmax(-1) for logits in head.expert_logits)
     gate = head.routing()["combine"]
+    assert not head._gate.requires_grad  # the gate reads detached entropies: no gradient makes an expert surer
     assert torch.allclose(log_probs.exp(), gate[:, :1] * first + gate[:, 1:] * second, atol=1e-6)
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(5), atol=1e-6)
     log_probs[:, 0].sum().backward()
