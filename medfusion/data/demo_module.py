@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,13 @@ class DemoDataModule(MultimodalDataModule):
         )
 
 
+def _generated(root: str | None, name: str, make: Callable[[Path], Any], args: dict[str, Any]) -> Path:
+    """A generated demo's folder (``metadata.csv`` with ``image_id`` and ``label``, ``images/``): ``root`` or the
+    demo cache folder ``name``, generated first when it is not there. (The subclasses pass its options to
+    ``super().__init__`` by keyword: LightningCLI reads those calls to know which options they set.)"""
+    return ensure_generated(Path(root) if root else default_cache_dir() / name, make, args)
+
+
 class GlobalLocalDemoDataModule(MultimodalDataModule):
     """The generated global-local demo (:mod:`medfusion.data.demo.global_local`): per case the whole image
     (``image``, the context) and the lesion cut from it by its box columns (``local``, see ``data.crops``); the class
@@ -89,11 +97,12 @@ class GlobalLocalDemoDataModule(MultimodalDataModule):
         margin: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        args = global_local_args(num_samples, demo_image_size, demo_seed)
-        name = f"global_local_n{num_samples}_s{demo_image_size}_seed{demo_seed}"
-        out = Path(root) if root else default_cache_dir() / name
-        make = partial(make_global_local_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed)
-        ensure_generated(out, make, args)
+        out = _generated(
+            root,
+            f"global_local_n{num_samples}_s{demo_image_size}_seed{demo_seed}",
+            partial(make_global_local_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed),
+            global_local_args(num_samples, demo_image_size, demo_seed),
+        )
         box = ["x0", "y0", "x1", "y1"]
         if kwargs.get("crops") is None:  # the CLI passes every option, unset ones as None
             kwargs["crops"] = {"local": {"source": "image", "box_columns": box, "margin": margin}}
@@ -132,10 +141,12 @@ class SliceDemoDataModule(MultimodalDataModule):
         image_size: int = 64,
         **kwargs: Any,
     ) -> None:
-        args = volume_args(num_samples, demo_image_size, demo_seed)
-        out = Path(root) if root else default_cache_dir() / f"volumes_n{num_samples}_s{demo_image_size}_seed{demo_seed}"
-        make = partial(make_volume_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed)
-        ensure_generated(out, make, args)
+        out = _generated(
+            root,
+            f"volumes_n{num_samples}_s{demo_image_size}_seed{demo_seed}",
+            partial(make_volume_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed),
+            volume_args(num_samples, demo_image_size, demo_seed),
+        )
         if kwargs.get("slices") is None:  # the CLI passes every option, unset ones as None
             kwargs["slices"] = {"image": {"neighbours": neighbours}}
         super().__init__(
@@ -172,10 +183,12 @@ class StudyDemoDataModule(MultimodalDataModule):
         image_size: int = 64,
         **kwargs: Any,
     ) -> None:
-        args = study_args(num_studies, demo_image_size, demo_seed)
-        out = Path(root) if root else default_cache_dir() / f"studies_n{num_studies}_s{demo_image_size}_seed{demo_seed}"
-        make = partial(make_study_data, num_studies=num_studies, image_size=demo_image_size, seed=demo_seed)
-        ensure_generated(out, make, args)
+        out = _generated(
+            root,
+            f"studies_n{num_studies}_s{demo_image_size}_seed{demo_seed}",
+            partial(make_study_data, num_studies=num_studies, image_size=demo_image_size, seed=demo_seed),
+            study_args(num_studies, demo_image_size, demo_seed),
+        )
         if kwargs.get("study_column") is None:  # the CLI passes every option, unset ones as None
             kwargs["study_column"] = "study_id"
         super().__init__(

@@ -121,6 +121,33 @@ def ensure_demo_data(out_dir: str | Path, **kwargs: Any) -> Path:
     return ensure_generated(out_dir, partial(make_demo_data, **gen_kwargs), _generation_args(**gen_kwargs))
 
 
+def start_dataset(out_dir: str | Path) -> Path:
+    """``out_dir`` with an ``images`` folder and no ``.complete`` marker, ready to be written."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / ".complete").unlink(missing_ok=True)
+    return out
+
+
+def balanced_labels(rng: np.random.Generator, classes: tuple[str, ...], count: int) -> list[str]:
+    """``count`` labels, the classes equally often (remainder to the first), in random order."""
+    labels = [classes[i % len(classes)] for i in range(count)]
+    return [labels[i] for i in rng.permutation(count)]
+
+
+def finish_dataset(out: Path, header: list[str], rows: list[list[Any]], title: str, doc: str, args: dict) -> Path:
+    """Write ``metadata.csv`` (``header`` and ``rows``), a README (``title`` and the generator's ``doc``) and, last,
+    the ``.complete`` marker holding ``args``; return ``out``."""
+    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    readme = doc.strip() + f"\n\nGenerated with {json.dumps(args, sort_keys=True)}.\n"
+    (out / "README.md").write_text(f"# {title}\n\n" + readme, encoding="utf-8")
+    (out / ".complete").write_text(json.dumps(args, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
 def ensure_generated(out_dir: str | Path, make: Callable[[Path], Any], args: dict[str, Any]) -> Path:
     """``out_dir`` holding the dataset ``make(dir)`` writes (its ``.complete`` recording ``args``), generated into
     a temporary sibling and renamed into place when it is not there yet (see :func:`ensure_demo_data`)."""

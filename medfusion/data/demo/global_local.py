@@ -21,12 +21,11 @@ only), both 1.0.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from medfusion.data.demo.generate import balanced_labels, finish_dataset, start_dataset
 from medfusion.data.demo.images import save_png
 
 GLOBAL_LOCAL_CLASSES = ("clear_horizontal", "clear_vertical", "spotted_horizontal", "spotted_vertical")
@@ -75,23 +74,15 @@ def render_case(rng: np.random.Generator, size: int, spotted: bool, vertical: bo
 def make_global_local_data(out_dir: str | Path, num_samples: int = 1200, image_size: int = 256, seed: int = 0) -> Path:
     """Write the global-local demo into ``out_dir`` and return it; the same arguments give the same files."""
     args = global_local_args(num_samples, image_size, seed)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / ".complete").unlink(missing_ok=True)
+    out = start_dataset(out_dir)
     rng = np.random.default_rng(seed)
-    labels = [GLOBAL_LOCAL_CLASSES[i % len(GLOBAL_LOCAL_CLASSES)] for i in range(num_samples)]
-    labels = [labels[i] for i in rng.permutation(num_samples)]
+    labels = balanced_labels(rng, GLOBAL_LOCAL_CLASSES, num_samples)
     rows = []
     for i, label in enumerate(labels):
         image_id = f"GL_{i:06d}"
         pixels, box = render_case(rng, image_size, label.startswith("spotted"), label.endswith("vertical"))
         save_png(pixels, out / "images" / f"{image_id}.png")
         rows.append([image_id, label, *box])
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["image_id", "label", "x0", "y0", "x1", "y1"])
-        writer.writerows(rows)
-    readme = (__doc__ or "").strip() + f"\n\nGenerated with {json.dumps(args, sort_keys=True)}.\n"
-    (out / "README.md").write_text("# medfusion global-local demo\n\n" + readme, encoding="utf-8")
-    (out / ".complete").write_text(json.dumps(args, sort_keys=True) + "\n", encoding="utf-8")
-    return out
+    return finish_dataset(
+        out, ["image_id", "label", "x0", "y0", "x1", "y1"], rows, "medfusion global-local demo", __doc__ or "", args
+    )

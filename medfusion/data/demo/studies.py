@@ -15,12 +15,11 @@ shows a bright blob in one quadrant: that quadrant is the class (``upper_left``,
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from medfusion.data.demo.generate import balanced_labels, finish_dataset, start_dataset
 from medfusion.data.demo.images import save_png
 from medfusion.data.demo.volumes import VOLUME_CLASSES, blob
 
@@ -41,12 +40,9 @@ def study_args(num_studies: int, image_size: int, seed: int) -> dict[str, int | 
 def make_study_data(out_dir: str | Path, num_studies: int = 600, image_size: int = 64, seed: int = 0) -> Path:
     """Write the study demo into ``out_dir`` and return it; the same arguments give the same files."""
     args = study_args(num_studies, image_size, seed)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / ".complete").unlink(missing_ok=True)
+    out = start_dataset(out_dir)
     rng = np.random.default_rng(seed)
-    labels = [STUDY_CLASSES[i % len(STUDY_CLASSES)] for i in range(num_studies)]
-    labels = [labels[i] for i in rng.permutation(num_studies)]
+    labels = balanced_labels(rng, STUDY_CLASSES, num_studies)
     rows = []
     for s, label in enumerate(labels):
         study = f"ST_{s:05d}"
@@ -60,11 +56,4 @@ def make_study_data(out_dir: str | Path, num_studies: int = 600, image_size: int
             image_id = f"{study}_{j}"
             save_png(pixels, out / "images" / f"{image_id}.png")
             rows.append([image_id, study, label])
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["image_id", "study_id", "label"])
-        writer.writerows(rows)
-    readme = (__doc__ or "").strip() + f"\n\nGenerated with {json.dumps(args, sort_keys=True)}.\n"
-    (out / "README.md").write_text("# medfusion study demo\n\n" + readme, encoding="utf-8")
-    (out / ".complete").write_text(json.dumps(args, sort_keys=True) + "\n", encoding="utf-8")
-    return out
+    return finish_dataset(out, ["image_id", "study_id", "label"], rows, "medfusion study demo", __doc__ or "", args)

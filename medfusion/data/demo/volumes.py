@@ -17,12 +17,11 @@ alone 0.35 + 0.65 / 4 = 0.51; the slice and two neighbours on each side (``data.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from medfusion.data.demo.generate import balanced_labels, finish_dataset, start_dataset
 from medfusion.data.demo.images import save_png
 
 VOLUME_CLASSES = ("upper_left", "upper_right", "lower_left", "lower_right")
@@ -69,12 +68,9 @@ def render_volume(rng: np.random.Generator, size: int, centre: int, quadrant: in
 def make_volume_data(out_dir: str | Path, num_samples: int = 800, image_size: int = 64, seed: int = 0) -> Path:
     """Write the 2.5D demo into ``out_dir`` and return it; the same arguments give the same files."""
     args = volume_args(num_samples, image_size, seed)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / ".complete").unlink(missing_ok=True)
+    out = start_dataset(out_dir)
     rng = np.random.default_rng(seed)
-    labels = [VOLUME_CLASSES[i % len(VOLUME_CLASSES)] for i in range(num_samples)]
-    labels = [labels[i] for i in rng.permutation(num_samples)]
+    labels = balanced_labels(rng, VOLUME_CLASSES, num_samples)
     rows = []
     for i, label in enumerate(labels):
         case = f"VOL_{i:05d}"
@@ -83,11 +79,4 @@ def make_volume_data(out_dir: str | Path, num_samples: int = 800, image_size: in
         for j, pixels in enumerate(render_volume(rng, image_size, centre, VOLUME_CLASSES.index(label))):
             save_png(pixels, out / "images" / case / f"slice_{j:02d}.png")
         rows.append([case, label, f"{case}/slice_{centre:02d}.png"])
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["image_id", "label", "image_path"])
-        writer.writerows(rows)
-    readme = (__doc__ or "").strip() + f"\n\nGenerated with {json.dumps(args, sort_keys=True)}.\n"
-    (out / "README.md").write_text("# medfusion 2.5D demo\n\n" + readme, encoding="utf-8")
-    (out / ".complete").write_text(json.dumps(args, sort_keys=True) + "\n", encoding="utf-8")
-    return out
+    return finish_dataset(out, ["image_id", "label", "image_path"], rows, "medfusion 2.5D demo", __doc__ or "", args)
