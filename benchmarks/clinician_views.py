@@ -4,17 +4,18 @@
                                          [--out_dir runs/clinician_views] [--extra ARG ...]
 
 ``global_local`` (``configs/demo_global_local.yaml``): the whole image at 64 px alone (the baseline), the lesion
-crop alone, both (concat fusion), and both with the uncertainty-gated dual expert (``model.dual_expert: local``;
-reported against the single head). ``slices`` (``configs/demo_25d.yaml``): the named slice alone, then it and
-two neighbours on each side as channels, as a sequence with attention pooling, and with a Transformer across the
-slices. ``studies`` (``configs/demo_study.yaml``): each study's first image alone, then all its images pooled by
-mean, max and gated attention. Each cell is one ``medfusion fit`` with its seed (weights, order; the data
-and its split are the same for every cell), tested on the best checkpoint by validation macro-F1. Finished cells
-are read back from their ``metrics.json``, so an interrupted study resumes. ``--extra`` passes a CLI argument to
-every run (e.g. ``--extra=--trainer.max_epochs=3``).
+crop alone, both (concat fusion), both with the uncertainty-gated dual expert (``model.dual_expert: local``;
+reported against the single head), and without boxes: the file at 256 px, the model's 64 px global view picking its
+own crop by its class-activation map (``model.saliency_crop``). ``slices`` (``configs/demo_25d.yaml``): the named
+slice alone, then it and two neighbours on each side as channels, as a sequence with attention pooling, and with a
+Transformer across the slices. ``studies`` (``configs/demo_study.yaml``): each study's first image alone, then all
+its images pooled by mean, max and gated attention. Each cell is one ``medfusion fit`` with its seed (weights,
+order; the data and its split are the same for every cell), tested on the best checkpoint by validation macro-F1.
+Finished cells are read back from their ``metrics.json``, so an interrupted study resumes. ``--extra`` passes a CLI
+argument to every run (e.g. ``--extra=--trainer.max_epochs=3``).
 
-The table gives each cell's per-seed scores, their mean with a 95 % t-interval over the seeds, and the difference
-from the study's baseline.
+The table gives each cell's per-seed scores, their mean with a 95 % t-interval over the seeds, the difference
+from the study's baseline, and the mean wall time of a run (what a strategy costs, measured in the same study).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
             "lesion crop": [*SINGLE_IMAGE, "--data.modalities=[local]"],
             "global + local": [],
             "global + local, dual expert": ["--model.dual_expert=local"],
+            "global + saliency crop (no boxes)": [
+                "--data.crops={}",
+                "--data.modalities=[image]",
+                "--data.image_size=256",
+                "--model.saliency_crop={name: local, source: image}",
+            ],
         },
     ),
     "slices": (
@@ -63,18 +70,24 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
 }
 
 
-def run_cell(config: Path, name: str, args: list[str], seed: int, out_dir: Path, extra: list[str]) -> dict:
-    """The test metrics of one (cell, seed): read from its ``metrics.json``, else trained first."""
+def run_cell(
+    config: Path, name: str, args: list[str], seed: int, out_dir: Path, extra: list[str]
+) -> tuple[float, float]:
+    """The test macro-F1 of one (cell, seed) and its run's wall seconds: read back from its ``metrics.json`` and
+    ``seconds.txt``, else trained first."""
     slug = "".join(c if c.isalnum() else "_" for c in name) + f"-s{seed}"
-    metrics = out_dir / slug / "version_0" / "metrics.json"
+    metrics, seconds = out_dir / slug / "version_0" / "metrics.json", out_dir / slug / "seconds.txt"
     if not metrics.is_file():
         command = [sys.executable, "-m", "medfusion", "fit", f"--config={config}", f"--seed_everything={seed}",
                    f"--trainer.logger.init_args.save_dir={out_dir}", f"--trainer.logger.init_args.name={slug}",
                    "--trainer.enable_progress_bar=false", *args, *extra]  # fmt: skip
         start = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        print(f"{slug}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return json.loads(metrics.read_text())
+        seconds.write_text(f"{time.perf_counter() - start:.1f}")
+        print(f"{slug}: {seconds.read_text()} s", file=sys.stderr)
+    return json.loads(metrics.read_text())["test/macro_f1"], float(seconds.read_text()) if seconds.is_file() else float(
+        "nan"
+    )
 
 
 def main() -> None:
@@ -86,23 +99,22 @@ def main() -> None:
     args = parser.parse_args()
     config_name, cells = STUDIES[args.study]
     out_dir = Path(args.out_dir).resolve() / args.study
-    scores = {
-        name: [
-            run_cell(ROOT / "configs" / config_name, name, cell, seed, out_dir, args.extra)["test/macro_f1"]
-            for seed in args.seeds
-        ]
+    runs = {
+        name: [run_cell(ROOT / "configs" / config_name, name, cell, seed, out_dir, args.extra) for seed in args.seeds]
         for name, cell in cells.items()
     }
+    scores = {name: [score for score, _ in values] for name, values in runs.items()}
     baseline = next(iter(scores))
     base_mean = mean_interval(pd.Series(scores[baseline]))[0]
     seeds = " | ".join(f"seed {s}" for s in args.seeds)
-    print(f"| {args.study} | {seeds} | mean [95% CI] | vs. {baseline} |")
-    print("|---|" + "---:|" * len(args.seeds) + "---:|---:|")
+    print(f"| {args.study} | {seeds} | mean [95% CI] | vs. {baseline} | s / run |")
+    print("|---|" + "---:|" * len(args.seeds) + "---:|---:|---:|")
     for name, values in scores.items():
         mean, _, low, high = mean_interval(pd.Series(values))
         delta = "—" if name == baseline else f"{mean - base_mean:+.3f}"
         per_seed = " | ".join(f"{v:.3f}" for v in values)
-        print(f"| {name} | {per_seed} | {mean:.3f} [{low:.3f}, {high:.3f}] | {delta} |")
+        wall = sum(s for _, s in runs[name]) / len(runs[name])
+        print(f"| {name} | {per_seed} | {mean:.3f} [{low:.3f}, {high:.3f}] | {delta} | {wall:.0f} |")
 
 
 if __name__ == "__main__":

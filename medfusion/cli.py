@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import yaml
@@ -21,13 +21,16 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medfusion.callbacks import Evaluation, Explanations, MetricsJSON, PredictionWriter, ValidationPredictions
-from medfusion.data import MultimodalDataModule
+from medfusion.data import MultimodalDataModule, MultimodalDataset
 from medfusion.data.demo import default_cache_dir
 from medfusion.data.errors import ConfigError, DataError, check_option
 from medfusion.data.transforms import eval_transform
 from medfusion.models import ClassifierModule, DivergedError
 from medfusion.runs.checkpoints import CheckpointError, fetch_remote, is_remote
 from medfusion.runs.resume import SafeCheckpointIO, resolve_resume
+
+if TYPE_CHECKING:
+    from medfusion.interpret.explain import CropBoxes
 
 # Errors about the user's input, printed as themselves (no traceback) with exit status 2.
 INPUT_ERRORS = (DataError, ConfigError, CheckpointError)
@@ -276,10 +279,10 @@ def explain_main(argv: Sequence[str]) -> None:
     model, datamodule = cli.model, cli.datamodule
     load_weights(model, args.ckpt_path)  # local files only, weights-only, finite weights
     datamodule.setup(None)
-    samples = find_samples(datamodule, args.ids, args.num_samples)
-    explanations = explain_batch(
-        model, datamodule.collate(samples), tokenizer=datamodule.tokenizer, mean=datamodule.mean, std=datamodule.std
-    )
+    places = find_places(datamodule, args.ids, args.num_samples)
+    batch = datamodule.collate([dataset[i] for dataset, i in places])
+    explanations = explain_batch(model, batch, datamodule.tokenizer, datamodule.mean, datamodule.std,
+                                 crop_boxes(datamodule, places))  # fmt: skip
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt_path).resolve().parent.parent / "explanations"
     paths = save_explanations(explanations, model.class_names, out_dir)
     for explanation, path in zip(explanations, paths, strict=True):
@@ -327,9 +330,17 @@ def pack_main(argv: Sequence[str]) -> None:
 def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, num_samples: int) -> list[dict]:
     """The samples with these ids from any split (validation, test sets, training, prediction), or the first
     ``num_samples`` of the test set; unknown ids raise with examples of known ones."""
+    return [dataset[i] for dataset, i in find_places(datamodule, ids, num_samples)]
+
+
+def find_places(
+    datamodule: MultimodalDataModule, ids: Sequence[str] | None, num_samples: int
+) -> list[tuple[MultimodalDataset, int]]:
+    """Where :func:`find_samples` finds its samples: per sample its dataset (the training set without random
+    augmentation) and index."""
     if not ids:
         dataset = datamodule.datasets["test"]
-        return [dataset[i] for i in range(min(num_samples, len(dataset)))]
+        return [(dataset, i) for i in range(min(num_samples, len(dataset)))]
     where: dict[str, tuple[Any, int]] = {}
     for name, dataset in reversed(list(datamodule.datasets.items())):  # earlier splits win
         if name == "train":  # as the model sees it at test time, without random augmentation
@@ -340,7 +351,17 @@ def find_samples(datamodule: MultimodalDataModule, ids: Sequence[str] | None, nu
     if missing:
         known = ", ".join(list(where)[:5])
         raise KeyError(f"ids not found in any split of the data: {missing}; known ids look like: {known}")
-    return [where[i][0][where[i][1]] for i in ids]
+    return [where[i] for i in ids]
+
+
+def crop_boxes(datamodule: MultimodalDataModule, places: Sequence[tuple[MultimodalDataset, int]]) -> CropBoxes:
+    """Per crop modality of the data (``data.crops``), its source and where each sample's crop was cut in it
+    (fractions of the source as the model sees it), for ``explain`` to draw."""
+    return {
+        name: (spec.source, [dataset.shown_box(name, i, datamodule.image_size) for dataset, i in places])
+        for name, spec in datamodule.crops.items()
+        if name in datamodule.image_names and spec.source in datamodule.image_names
+    }
 
 
 # The extra commands by name, as "module:function" entry points imported on use: `compare` builds on this module,

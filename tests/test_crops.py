@@ -3,6 +3,7 @@ clipped with a warning, refused with the file and row when it cannot be cut, and
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,12 @@ import torch
 from data_helpers import build, data_error, sample_rows, write_layout
 from PIL import Image
 
+from medfusion.cli import crop_boxes, find_places
 from medfusion.data import ConfigError
 from medfusion.data.crops import crop_specs, mask_box, pixel_box
+from medfusion.encoders import ImageEncoder
+from medfusion.interpret import explain_batch, explanation_figure
+from medfusion.models import MultimodalClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,3 +150,22 @@ def test_the_image_cache_holds_the_crops(tmp_path: Path) -> None:
     assert {p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()} == {"image", "local"}
     stored = cached.datasets["train"].cached
     assert stored["local"].stored.all() and not np.array_equal(stored["local"].pixels, stored["image"].pixels)
+
+
+def test_explain_draws_the_crop_box_where_it_lies_on_the_global_view(tmp_path: Path) -> None:
+    """A pixel box of an 80 x 60 image, as the model sees the image (short side to 30, centre-cropped: 40 x 30 less
+    5 columns on each side), in fractions; the explanation figure draws it on the global image."""
+    dm = build(layout_with_boxes(tmp_path, (20, 12, 60, 48)), crops=crops(), text_json=None, image_size=30)
+    dm.setup("test")
+    places = find_places(dm, None, 2)
+    boxes = crop_boxes(dm, places)
+    expected = [(20 * 0.5 - 5) / 30, 12 * 0.5 / 30, (60 * 0.5 - 5) / 30, 48 * 0.5 / 30]
+    assert boxes == {"local": ("image", [pytest.approx(expected)] * 2)}
+    model = MultimodalClassifier(num_classes=len(dm.class_names), modalities=dm.modality_specs,
+                                 image_encoder=partial(ImageEncoder, "test_resnet"))  # fmt: skip
+    batch = dm.collate([dataset[i] for dataset, i in places])
+    explanation = explain_batch(model, batch, crop_boxes=boxes)[0]
+    assert explanation.boxes == {"image": {"local": pytest.approx(expected)}}
+    figure = explanation_figure(explanation, dm.class_names)
+    drawn = next(ax for ax in figure.axes if ax.get_title() == "image").patches
+    assert len(drawn) == 1 and drawn[0].get_width() == pytest.approx((expected[2] - expected[0]) * 30)

@@ -227,6 +227,22 @@ class MultimodalDataset(Dataset):
                                err.fix)  # fmt: skip
             raise DataError(f"The {name!r} crop of id {self.ids[index]!r}: {err.detail}. Fix: {err.fix}") from None
 
+    def shown_box(self, name: str, index: int, size: int) -> list[float] | None:
+        """Where crop modality ``name`` of sample ``index`` was cut, as fractions ``[x0, y0, x1, y1]`` of its
+        source image as the model sees it (short side resized to ``size``, centre-cropped; clipped to it); None
+        when the sample has no such image."""
+        path = self.images[name][index]
+        if path is None or name not in self.crops:
+            return None
+        with Image.open(path) as image:
+            width, height = image.size
+        (x0, y0, x1, y1), _ = self.crops[name].box(index, width, height)
+        scale = size / min(width, height)
+        left, top = (int(width * scale) - size) / 2, (int(height * scale) - size) / 2
+        box = [(x0 * scale - left) / size, (y0 * scale - top) / size, (x1 * scale - left) / size,
+               (y1 * scale - top) / size]  # fmt: skip
+        return [min(max(v, 0.0), 1.0) for v in box]
+
     def open_image(self, paths: list[Path | None], index: int) -> Any:
         """The RGB image ``paths[index]`` (None for no image); a file that fails to decode raises as
         ``on_bad_image`` says (a :class:`DataError` naming the file and CSV line under ``"raise"``)."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from transformers import PreTrainedTokenizerBase
 
 from medfusion.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -26,6 +27,8 @@ from medfusion.interpret.maps import ForwardMaps, forward_maps, patch_map
 from medfusion.models.base import ClassifierModule
 
 OVERLAY_ALPHA = 0.45
+# per crop modality of the data: its source modality and each sample's box (fractions of the source shown; None: none)
+CropBoxes = dict[str, tuple[str, list[list[float] | None]]]
 
 
 @dataclass
@@ -41,7 +44,9 @@ class Explanation:
     ``features``. ``gate`` is each fusion input's weight (gated, hierarchical fusions); ``routing`` the MoE head's
     combine weights; ``experts`` the dual-expert gate, each expert's weight by name. A 2.5D slice stack shows its
     centre slice, no Grad-CAM, and in ``slices`` the weight the model put on each slice (sequence mode); a study
-    (named in ``studies``) its first image and in ``slices`` the weight on each of its images.
+    (named in ``studies``) its first image and in ``slices`` the weight on each of its images. ``boxes`` holds per
+    image modality where the crops cut from it lie, ``{crop: [x0, y0, x1, y1]}`` in fractions of the image shown:
+    the data's boxes or masks (``data.crops``) and the model's saliency crop (``model.saliency_crop``).
     """
 
     id: str
@@ -58,6 +63,7 @@ class Explanation:
     experts: dict[str, float] | None = None
     slices: dict[str, list[float]] = field(default_factory=dict)
     studies: list[str] = field(default_factory=list)
+    boxes: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     @property
     def predicted(self) -> int:
@@ -104,12 +110,18 @@ def explain_batch(
     tokenizer: PreTrainedTokenizerBase | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    crop_boxes: CropBoxes | None = None,
 ) -> list[Explanation]:
     """Explain every sample of ``batch`` with what applies to ``model``: probabilities always; Grad-CAM of every
     image modality in the batch; attention, modality weights and routing when the model has them; tokens when a
-    ``tokenizer`` is given. A sample's absent modalities (``present`` False) get no image, map nor bar. The model
-    works in eval mode and gets its modes back afterwards."""
+    ``tokenizer`` is given; the crop boxes of ``crop_boxes`` (the data's) and of the model's saliency crop. A
+    sample's absent modalities (``present`` False) get no image, map nor bar. The model works in eval mode and gets
+    its modes back afterwards."""
     forward = forward_maps(model, batch)
+    boxes = dict(crop_boxes or {})
+    saliency = getattr(model, "saliency", None)
+    if saliency is not None and saliency.last_boxes is not None:
+        boxes[saliency.options.name] = (saliency.options.source, saliency.last_boxes.cpu().tolist())
     probs = forward.logits.float().softmax(dim=-1).cpu()
     flags = {name: flag.cpu().bool().tolist() for name, flag in (batch.get("present") or {}).items()}
 
@@ -142,6 +154,7 @@ def explain_batch(
             cams={name: cams[name][i] for name in shown if name in cams},
             slices={name: slice_weights[name][i] for name in shown if name in slice_weights},
             studies=[name for name in shown if isinstance(stacks.get(name), StudyEncoder)],
+            boxes=_boxes_of(boxes, i, shown),
             gate=None if forward.weights is None else {name: float(w[i]) for name, w in forward.weights.items()},
             routing=None if forward.routing is None or experts else forward.routing[i].cpu(),
         )
@@ -167,13 +180,32 @@ def explain_batch(
     return explanations
 
 
+def _boxes_of(boxes: CropBoxes, i: int, shown: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """Sample ``i``'s crop boxes by source modality, for the sources it has."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for crop, (source, per_sample) in boxes.items():
+        if source in shown and per_sample[i] is not None:
+            out.setdefault(source, {})[crop] = list(per_sample[i])
+    return out
+
+
 def _show_image(
-    ax: Axes, image: torch.Tensor | None, heat: torch.Tensor | None = None, vmax: float | None = None
+    ax: Axes,
+    image: torch.Tensor | None,
+    heat: torch.Tensor | None = None,
+    vmax: float | None = None,
+    boxes: dict[str, list[float]] | None = None,
 ) -> None:
     """``image`` [3, H, W] with ``heat`` (any [h, w] map, resized to the image) over it in the jet colormap
-    from 0 to ``vmax`` (default: the map's maximum)."""
+    from 0 to ``vmax`` (default: the map's maximum), and the ``boxes`` (fractions) drawn and named on it."""
     if image is not None:
         ax.imshow(image.permute(1, 2, 0).numpy())
+        height, width = image.shape[1:]
+        for k, (name, (x0, y0, x1, y1)) in enumerate((boxes or {}).items()):
+            color = colormaps["tab10"]((k + 3) % 10)
+            corner = (x0 * width - 0.5, y0 * height - 0.5)
+            ax.add_patch(Rectangle(corner, (x1 - x0) * width, (y1 - y0) * height, fill=False, lw=2, ec=color))
+            ax.text(*corner, name, color=color, va="bottom", fontsize="small")
     if heat is not None:
         if image is not None and heat.shape != image.shape[1:]:
             heat = F.interpolate(heat[None, None].float(), size=image.shape[1:], mode="bilinear")[0, 0]
@@ -263,7 +295,7 @@ def explanation_figure(explanation: Explanation, class_names: Sequence[str], max
     true = "?" if e.label is None or e.label < 0 else class_names[e.label]
     panels: list[tuple[str, Callable[[Axes], None]]] = []
     for name, image in e.images.items():
-        panels.append((name, partial(_show_image, image=image)))
+        panels.append((name, partial(_show_image, image=image, boxes=e.boxes.get(name))))
         if name in e.cams:
             panels.append((f"Grad-CAM: {name}", partial(_show_image, image=image, heat=e.cams[name], vmax=1.0)))
     panels.append(("class probabilities (* = true)", partial(_bar_probs, explanation=e, class_names=class_names)))

@@ -155,6 +155,11 @@ class ClassifierModule(L.LightningModule):
         return dict(self.encoders.items())
 
     @property
+    def batch_modalities(self) -> list[str]:
+        """The modality names the model reads from a batch (its encoders', but those it derives itself)."""
+        return list(self.encoders)
+
+    @property
     def image_modalities(self) -> list[str]:
         """The names of the image modalities (test-time augmentation, Grad-CAM)."""
         return [name for name, spec in self.modality_specs.items() if spec["kind"] == "image"]
@@ -258,7 +263,7 @@ class ClassifierModule(L.LightningModule):
         # this hook and the datamodule's setup): refuse what caching excludes before any weights load.
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if isinstance(datamodule, MultimodalDataModule):
-            check_same_modalities(datamodule.modalities, list(self.encoders))
+            check_same_modalities(datamodule.modalities, self.batch_modalities)
             if datamodule.feature_cache is not None:
                 datamodule.use_datasets(serve_cached_features(self, datamodule))
         # Pretrained weights load when a fit starts, never when a model is rebuilt from a checkpoint.

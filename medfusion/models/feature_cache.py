@@ -324,6 +324,11 @@ def check_cacheable(model: ClassifierModule) -> None:
         )
     if model.tta:
         raise ValueError("Test-time augmentation (model.tta) needs the images, which data.feature_cache skips")
+    if getattr(model, "saliency_options", None) is not None:
+        raise ValueError(
+            "model.saliency_crop cuts its crop where the trained CAM points, so its features cannot be cached. "
+            "Fix: drop data.feature_cache, or crop from boxes or masks (data.crops)."
+        )
 
 
 def cached_features(model: ClassifierModule, datamodule: MultimodalDataModule, name: str) -> CachedFeatures:

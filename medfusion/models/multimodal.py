@@ -10,10 +10,11 @@ from functools import partial
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medfusion.data.errors import ConfigError, check_option
-from medfusion.encoders import Encoded, ImageEncoder, TabularEncoder, TextEncoder
+from medfusion.encoders import Encoded, ImageEncoder, TabularEncoder, TextEncoder, encode_present
 from medfusion.fusion import ConcatFusion, Fusion
 from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.losses import clip_loss, disagreement_weight, supcon_loss, symmetric_kl
@@ -28,6 +29,7 @@ from medfusion.models.modalities import (
     present_mask,
     require,
 )
+from medfusion.models.saliency import SaliencyCrop, saliency_options
 
 FusionFactory = Callable[[dict[str, Any], int], Fusion]
 
@@ -80,6 +82,11 @@ class MultimodalClassifier(ClassifierModule):
         expert_loss_weight: the weight of the experts' own losses.
         share_image_encoder: one image encoder (one set of weights) for every plain image modality, e.g. the
             global view and the lesion crop, or two views; default: one encoder each.
+        saliency_crop: a lesion crop without boxes or masks, ``{name: local, source: image, global_size: 64,
+            window: 0.25, loss_weight: 1.0}``: the ``source`` images (read at full resolution, ``data.image_size``)
+            are shrunk to ``global_size`` for their own encoder, whose class-activation map picks a ``window``
+            square of the full image for the ``name`` encoder (a two-pass forward,
+            :mod:`medfusion.models.saliency`; logged as ``train/loss_saliency``). Excludes ``data.feature_cache``.
         modality_dropout: in training, each sample that has two modalities or more loses one of them (each
             equally likely, never all) with this probability, marked absent so that the learned stand-ins are
             trained and the model copes with a missing modality at test time; no effect in evaluation. 0 = off.
@@ -112,6 +119,7 @@ class MultimodalClassifier(ClassifierModule):
         dual_expert_temperature: float = 1.0,
         expert_loss_weight: float = 1.0,
         share_image_encoder: bool = False,
+        saliency_crop: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -132,7 +140,11 @@ class MultimodalClassifier(ClassifierModule):
                 f"aux_heads weights the fusion loss per sample, so the loss must accept reduction='none'; "
                 f"{type(self.criterion).__name__} does not"
             )
-        names = list(self.modality_specs)
+        self.saliency_options = saliency_options(saliency_crop, self.modality_specs)
+        specs = dict(self.modality_specs)
+        if self.saliency_options is not None:  # the crop: one more image modality, cut by the model
+            specs[self.saliency_options.name] = specs[self.saliency_options.source]
+        names = list(specs)
         if len(names) < 2:
             raise ConfigError(
                 f"MultimodalClassifier fuses two modalities or more, got {names}. Fix: use ImageClassifier, "
@@ -152,7 +164,7 @@ class MultimodalClassifier(ClassifierModule):
         factories = {"image": image_encoder, "text": text_encoder, "tabular": tabular_encoder}
         factories["slices"], factories["study"] = self._slice_factory, self._study_factory
         shared: dict[str, nn.Module] = {}
-        for name, spec in self.modality_specs.items():
+        for name, spec in specs.items():
             if spec["kind"] == "text" and spec.get("vocab_size") is None:
                 spec = {**spec, "vocab_size": vocab_size}
             same = share_image_encoder and spec["kind"] == "image" and not spec.get("slices") and not spec.get("study")
@@ -199,6 +211,14 @@ class MultimodalClassifier(ClassifierModule):
                 {name: nn.Linear(encoder.out_dim, projection_dim) for name, encoder in self.encoders.items()}
             )
             self.clip_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        if self.saliency_options is not None:
+            source = self.encoders[self.saliency_options.source]
+            self.saliency = SaliencyCrop(self.saliency_options, source, self.num_classes)
+
+    @property
+    def batch_modalities(self) -> list[str]:
+        derived = self.saliency_options.name if self.saliency_options is not None else None
+        return [name for name in self.encoders if name != derived]
 
     def feature_fields(self) -> dict[str, bool]:
         kind = self.fusion.input_kind
@@ -213,6 +233,8 @@ class MultimodalClassifier(ClassifierModule):
         cached = batch.get("features")
         if cached is not None:
             return {name: self.missing[name].fill(Encoded(**cached[name]), present[name], **wants) for name in present}
+        if self.saliency_options is not None:
+            return self._encode_with_saliency(batch, present, wants)
         return {
             name: self.missing[name].encode(
                 encoder, require(batch, name, "MultimodalClassifier"), present[name], **wants
@@ -220,9 +242,38 @@ class MultimodalClassifier(ClassifierModule):
             for name, encoder in self.encoders.items()
         }
 
+    def _encode_with_saliency(
+        self, batch: dict[str, Any], present: dict[str, torch.Tensor], wants: dict[str, bool]
+    ) -> dict[str, Encoded]:
+        """:meth:`encode` with a saliency crop: the global view first (its feature map gives the CAM), then the
+        crop it picks from the full-resolution image (:mod:`medfusion.models.saliency`)."""
+        crop, source = self.saliency_options.name, self.saliency_options.source
+        full = require(batch, source, "MultimodalClassifier")
+        encoded = {
+            name: self.missing[name].encode(
+                encoder, require(batch, name, "MultimodalClassifier"), present[name], **wants
+            )
+            for name, encoder in self.encoders.items()
+            if name not in (crop, source)
+        }
+        with self.saliency.watching():
+            found = encode_present(self.encoders[source], self.saliency.global_view(full), present[source], **wants)
+        if found is None:  # no sample has the image: neither view is encoded
+            self.saliency.last_logits = self.saliency.last_boxes = None
+            return {**encoded, **{n: self.missing[n].fill(None, present[n], **wants) for n in (source, crop)}}
+        encoded[source] = self.missing[source].fill(found, present[source], **wants)
+        encoded[crop] = self.missing[crop].encode(
+            self.encoders[crop], self.saliency(full, present[source]), present[crop], **wants
+        )
+        return {name: encoded[name] for name in self.encoders}
+
     def present(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Per modality name, which samples of the batch have it: bool ``[B]`` (all True without flags)."""
-        return {name: present_mask(batch, name, self.device) for name in self.encoders}
+        """Per modality name, which samples of the batch have it: bool ``[B]`` (all True without flags); a saliency
+        crop is present where its source is."""
+        flags = {name: present_mask(batch, name, self.device) for name in self.encoders}
+        if self.saliency_options is not None:
+            flags[self.saliency_options.name] = flags[self.saliency_options.name] & flags[self.saliency_options.source]
+        return flags
 
     def fuse(self, encoded: dict[str, Encoded]) -> torch.Tensor:
         """The fused features ``[B, fusion.out_dim]`` of the encoder outputs by name."""
@@ -278,6 +329,14 @@ class MultimodalClassifier(ClassifierModule):
             for name, expert_logits in zip(self.head.names, self.head.expert_logits, strict=True):
                 terms[f"loss_expert_{name}"] = self.criterion(expert_logits, target)
             loss = loss + hp.expert_loss_weight * sum(terms[f"loss_expert_{n}"] for n in self.head.names) / 2
+        if self.saliency_options is not None:
+            cam_logits = self.saliency.last_logits
+            if cam_logits is None:  # no sample had the image: zero, still connected (DDP expects the gradients)
+                terms["loss_saliency"] = 0.0 * sum(p.sum() for p in self.saliency.parameters())
+            else:
+                cam_loss = F.cross_entropy(cam_logits, target, reduction="none")
+                terms["loss_saliency"] = masked_mean(cam_loss, present[self.saliency_options.source])
+            loss = loss + self.saliency_options.loss_weight * terms["loss_saliency"]
         if hp.supcon_weight > 0:
             terms["supcon"] = supcon_loss(self.supcon_projector(fused), target, hp.supcon_temperature)
             loss = loss + hp.supcon_weight * terms["supcon"]
