@@ -20,7 +20,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from medfusion.callbacks import Evaluation, Explanations, MetricsJSON, PredictionWriter, ValidationPredictions
+from medfusion.callbacks import (
+    Evaluation,
+    Explanations,
+    MetricsJSON,
+    PredictionWriter,
+    RetrievedPassages,
+    ValidationPredictions,
+)
 from medfusion.data import MultimodalDataModule, MultimodalDataset
 from medfusion.data.demo import default_cache_dir
 from medfusion.data.errors import ConfigError, DataError, check_option
@@ -146,6 +153,7 @@ class MedfusionCLI(LightningCLI):
         parser.link_arguments("data.modality_specs", "model.init_args.modalities", apply_on="instantiate")
         parser.add_lightning_class_args(MetricsJSON, "metrics_json")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(RetrievedPassages, "retrieved_passages")
         parser.add_lightning_class_args(Evaluation, "evaluation")
         parser.add_lightning_class_args(ValidationPredictions, "val_predictions")
         parser.add_lightning_class_args(Explanations, "explanations")

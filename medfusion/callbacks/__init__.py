@@ -3,7 +3,7 @@ resumable checkpoint."""
 
 from medfusion.callbacks.checkpoint import ResumableCheckpoint
 from medfusion.callbacks.evaluation import Evaluation
-from medfusion.callbacks.outputs import MetricsJSON, PredictionWriter, run_dir
+from medfusion.callbacks.outputs import MetricsJSON, PredictionWriter, RetrievedPassages, run_dir
 from medfusion.callbacks.samples import Explanations, ValidationPredictions
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "MetricsJSON",
     "PredictionWriter",
     "ResumableCheckpoint",
+    "RetrievedPassages",
     "ValidationPredictions",
     "run_dir",
 ]

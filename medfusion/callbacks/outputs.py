@@ -1,4 +1,5 @@
-"""Callbacks that write a run's results next to its logs: ``metrics.json`` and ``predictions.csv``."""
+"""Callbacks that write a run's results next to its logs: ``metrics.json``, ``predictions.csv`` and
+``retrieved_passages.csv``."""
 
 from __future__ import annotations
 
@@ -52,6 +53,39 @@ class MetricsJSON(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._write(trainer, "val/")
+
+
+class RetrievedPassages(Callback):
+    """Write ``<run dir>/retrieved_passages.csv`` (``set, id, passages``: the ids of the knowledge passages appended
+    to each sample's text, ``;``-separated, best first) on rank zero when the data uses ``data.knowledge``."""
+
+    def __init__(self, filename: str = "retrieved_passages.csv") -> None:
+        self.filename = filename
+
+    def _write(self, trainer: L.Trainer) -> None:
+        found = getattr(trainer.datamodule, "retrieved_passages", None)
+        rows = found() if found is not None else []
+        path = run_dir(trainer) / self.filename
+        if not rows or not trainer.is_global_zero:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["set", "id", "passages"])
+            writer.writerows([name, sample_id, ";".join(ids)] for name, sample_id, ids in rows)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
 
 
 class PredictionWriter(BasePredictionWriter):

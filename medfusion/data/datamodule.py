@@ -16,8 +16,9 @@ from medfusion.data.cache_dir import cache_root
 from medfusion.data.crops import Crops, crop_specs
 from medfusion.data.dataset import BadImagePolicy, Collate, MultimodalDataset
 from medfusion.data.distributed import once_per_job
-from medfusion.data.errors import DataError
+from medfusion.data.errors import ConfigError, DataError
 from medfusion.data.image_cache import CachedImages, image_entry
+from medfusion.data.knowledge import knowledge_spec, knowledge_state
 from medfusion.data.loaders import SamplerKind, make_loader
 from medfusion.data.modalities import check_allow_missing, resolve_modalities
 from medfusion.data.options import check_data_options
@@ -74,6 +75,10 @@ class MultimodalDataModule(L.LightningDataModule):
         text_column: a CSV column holding the text.
         text_template: builds the text from columns, e.g.
             ``"{age}-year-old {sex}, lesion on the {localization}."`` (missing values read "unknown").
+        knowledge: knowledge-augmented narratives, ``{corpus: FILE, top_k: 2, method: tfidf | bm25, exclude: [...]}``:
+            each text (e.g. the ``text_template`` narrative) followed by its ``top_k`` best-matching passages of the
+            corpus (a JSON ``{id: passage}`` or an ``id,text`` CSV); passages naming a class are never used
+            (leakage); the passage ids per sample go to ``retrieved_passages.csv``. See :mod:`medfusion.data.knowledge`.
         id_column: the id column (HAM10000: ``image_id``).
         label_column: the class column (HAM10000: ``dx``).
         image_column: a column of image paths, when they differ from the ids.
@@ -185,6 +190,7 @@ class MultimodalDataModule(L.LightningDataModule):
         text_json: str | None = None,
         text_column: str | None = None,
         text_template: str | None = None,
+        knowledge: dict[str, Any] | None = None,
         id_column: str = "image_id",
         label_column: str = "label",
         image_column: str | None = None,
@@ -284,6 +290,14 @@ class MultimodalDataModule(L.LightningDataModule):
         self.modalities = list(self.modality_kinds)
         self.image_names = [name for name, kind in self.modality_kinds.items() if kind == "image"]
         self.uses_text = "text" in self.modality_kinds
+        self.knowledge = knowledge_spec(knowledge)
+        self.knowledge_state = knowledge_state(self.knowledge)
+        if self.knowledge is not None and not self.uses_text:
+            raise ConfigError(
+                "data.knowledge appends passages to each sample's text, but the data has no text modality. Fix: set "
+                "data.text_template (a narrative from the CSV columns), text_column or text_json, or drop "
+                "data.knowledge."
+            )
         self.tabular_spec = spec if "tabular" in self.modality_kinds else None
         self.allow_missing = check_allow_missing(allow_missing, self.modality_kinds, self._path_column)
         if robustness and len(self.modalities) < 2:
@@ -297,7 +311,10 @@ class MultimodalDataModule(L.LightningDataModule):
         if csv_path is None and not (predict_csv or test_sets):
             raise DataError("Without data.csv_path there is nothing to read. Fix: set data.predict_csv or test_sets.")
         if trained is not None:
-            check_same_state({"modalities": trained["modalities"]}, {"modalities": self.modality_kinds})
+            check_same_state(
+                {"modalities": trained["modalities"], "knowledge": trained.get("knowledge")},
+                {"modalities": self.modality_kinds, "knowledge": self.knowledge_state},
+            )
         if trained and class_names:
             check_class_names(trained["class_names"], class_names, from_checkpoint)
         read_images = [name for name in self.image_names if name not in self.crops]
@@ -318,6 +335,7 @@ class MultimodalDataModule(L.LightningDataModule):
             {name: spec for name, spec in self.slices.items() if name in self.image_names},
             study_column,
             study_max_images,
+            self.knowledge,
         )
         read = partial(
             read_all,
@@ -343,6 +361,7 @@ class MultimodalDataModule(L.LightningDataModule):
                 text_json,
                 predict_csv,
                 from_checkpoint,
+                self.knowledge.corpus if self.knowledge else None,
                 *(f for t in sets for f in (t.csv_path, t.text_json)),
             ]
             trees = [image_dir, *(t.image_dir for t in sets)] if self.image_names else []
@@ -373,6 +392,22 @@ class MultimodalDataModule(L.LightningDataModule):
         if name in self.crops:
             name = self.crops[name].source
         return self.image_columns.get(name, self.image_column if name == "image" else None)
+
+    def retrieved_passages(self) -> list[tuple[str, str, list[str]]]:
+        """``(set, id, passage ids)`` per sample of every set read, the knowledge passages appended to its text
+        (``data.knowledge``); empty without."""
+        if self.knowledge is None:
+            return []
+        sets = dict(self._records) if self._table is not None else {}
+        sets.update(zip(self.test_set_names, self._test_records, strict=False))  # the robustness sets come after
+        if self._predict_records is not None:
+            sets["predict"] = self._predict_records
+        return [
+            (name, sample_id, list(found))
+            for name, records in sets.items()
+            if records.passages is not None
+            for sample_id, found in zip(records.ids, records.passages, strict=True)
+        ]
 
     @property
     def has_predict_csv(self) -> bool:
@@ -424,7 +459,8 @@ class MultimodalDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
         """What a trained model needs from this data, as plain values (Lightning stores it in checkpoints): the
-        class names and training counts, the modalities, the text tokenizer and the tabular statistics."""
+        class names and training counts, the modalities, the text tokenizer, the tabular statistics and the
+        knowledge corpus's digest."""
         tokenizer = tokenizer_state(self.tokenizer) if self.tokenizer is not None else None
         return mark(
             {
@@ -433,6 +469,7 @@ class MultimodalDataModule(L.LightningDataModule):
                 "modalities": dict(self.modality_kinds),
                 "tokenizer": tokenizer,
                 "tabular": self.tabular.state_dict() if self.tabular is not None else None,
+                "knowledge": self.knowledge_state,
             }
         )
 

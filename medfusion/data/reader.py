@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from medfusion.data.crops import CropSpec
 from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex
+from medfusion.data.knowledge import KnowledgeSpec, Retriever
 from medfusion.data.slices import SliceSpec
 from medfusion.data.splits import assign_splits, rare_class_warnings
 from medfusion.data.table import Records, infer_class_names, label_indices, read_records, resolve_equivalent_labels
@@ -49,6 +51,7 @@ class CsvReader:
     slices: dict[str, SliceSpec] = field(default_factory=dict)
     study_column: str | None = None
     study_max_images: int | None = None
+    knowledge: KnowledgeSpec | None = None
 
     def read(
         self,
@@ -178,6 +181,14 @@ class ReadData:
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (category name, message)
 
 
+def with_passages(records: Records | None, retriever: Retriever) -> Records | None:
+    """``records`` with each text followed by its retrieved knowledge passages (their ids in ``passages``)."""
+    if records is None or records.texts is None:
+        return records
+    found = retriever.retrieve(records.texts)
+    return dataclasses.replace(records, texts=found.texts, passages=found.passages)
+
+
 def read_all(
     reader: CsvReader,
     csv_path: str | None,
@@ -212,6 +223,17 @@ def read_all(
         ext = reader.merge_labels(ext, names)
         tests.append((name, ext, label_indices(ext, names)))
     predict = reader.read(predict_csv, image_dir, text_json, labels_required=False) if predict_csv else None
+    if reader.knowledge is not None and reader.uses_text:  # before the tokenizer: it learns the passages too
+        retriever = Retriever(reader.knowledge, names)
+        if retriever.excluded:
+            rank_zero_warn(
+                f"data.knowledge: {len(retriever.excluded)} passage(s) of {reader.knowledge.corpus} name a class and "
+                f"are never appended (they would give the label away): ids {retriever.excluded[:10]}"
+            )
+        table = with_passages(table, retriever)
+        records = {split: with_passages(recs, retriever) for split, recs in records.items()}
+        tests = [(name, with_passages(recs, retriever), labels_) for name, recs, labels_ in tests]
+        predict = with_passages(predict, retriever)
     built = None
     if reader.uses_text and trained and trained.get("tokenizer"):
         built = tokenizer_from_state(trained["tokenizer"])  # exactly the model's, retrained on nothing

@@ -95,6 +95,8 @@ class ShardDataModule(MultimodalDataModule):
         self.image_names = [name for name, kind in self.modality_kinds.items() if kind == "image"]
         self.crops, self.slices, self.study_column = {}, {}, None  # crops are packed cut; no stacks nor studies
         self.uses_text = "text" in self.modality_kinds
+        # texts were packed with their knowledge passages (if any): their ids stay with the packing run
+        self.knowledge, self.knowledge_state = None, state.get("knowledge")
         self.class_names, self.class_counts = list(state["class_names"]), state["class_counts"]
         self.tokenizer = tokenizer_from_state(state["tokenizer"]) if state.get("tokenizer") else None
         self.vocab_size = len(self.tokenizer) if self.tokenizer is not None else None
@@ -102,7 +104,10 @@ class ShardDataModule(MultimodalDataModule):
         if from_checkpoint:
             trained = find_data_state(read_checkpoint(from_checkpoint), from_checkpoint)
             check_class_names(trained["class_names"], self.class_names, from_checkpoint)
-            check_same_state({"modalities": trained["modalities"]}, {"modalities": self.modality_kinds})
+            check_same_state(
+                {"modalities": trained["modalities"], "knowledge": trained.get("knowledge")},
+                {"modalities": self.modality_kinds, "knowledge": self.knowledge_state},
+            )
         if robustness and len(self.modalities) < 2:
             raise ValueError(f"robustness needs two modalities or more, got {self.modalities}")
         self.robustness_sets = [f"no_{name}" for name in self.modalities] if robustness else []

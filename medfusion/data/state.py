@@ -42,6 +42,7 @@ def check_same_state(loaded: dict[str, Any], current: dict[str, Any]) -> None:
     for key, what in (
         ("class_names", "classes"),
         ("modalities", "modalities"),
+        ("knowledge", "knowledge passages (data.knowledge)"),  # before the tokenizer, which learnt their words
         ("tokenizer", "text tokenizer"),
         ("tabular", "tabular statistics"),
     ):

@@ -29,7 +29,8 @@ class Records:
     (:meth:`subset` keeps the frame and narrows ``rows``), for the tabular preprocessor. ``crops`` holds per crop
     modality (``data.crops``) each sample's box (4 numbers) or mask file; its ``images`` are its source's.
     ``stacks`` holds per slice-stack modality (``data.slices``) each sample's files in order (None: no image); its
-    ``images`` are the centre ones."""
+    ``images`` are the centre ones. ``passages`` holds per sample the ids of the knowledge passages appended to
+    its text (``data.knowledge``; None without)."""
 
     csv_path: Path
     ids: list[str]
@@ -42,6 +43,7 @@ class Records:
     tabular: pd.DataFrame | None = None
     crops: dict[str, list] = field(default_factory=dict)
     stacks: dict[str, list] = field(default_factory=dict)
+    passages: list[list[str]] | None = None
 
     @classmethod
     def empty(cls, csv_path: str | Path | None) -> Records:
@@ -64,6 +66,7 @@ class Records:
             self.tabular,
             {name: pick(values) for name, values in self.crops.items()},
             {name: pick(values) for name, values in self.stacks.items()},
+            pick(self.passages),
         )
 
     def tabular_absent(self) -> list[bool]:
