@@ -21,13 +21,10 @@ from the study's baseline, and the mean wall time of a run (what a strategy cost
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
+from fit_runs import fit_metrics
 
 from medfusion.compare import mean_interval
 
@@ -70,26 +67,6 @@ STUDIES: dict[str, tuple[str, dict[str, list[str]]]] = {
 }
 
 
-def run_cell(
-    config: Path, name: str, args: list[str], seed: int, out_dir: Path, extra: list[str]
-) -> tuple[float, float]:
-    """The test macro-F1 of one (cell, seed) and its run's wall seconds: read back from its ``metrics.json`` and
-    ``seconds.txt``, else trained first."""
-    slug = "".join(c if c.isalnum() else "_" for c in name) + f"-s{seed}"
-    metrics, seconds = out_dir / slug / "version_0" / "metrics.json", out_dir / slug / "seconds.txt"
-    if not metrics.is_file():
-        command = [sys.executable, "-m", "medfusion", "fit", f"--config={config}", f"--seed_everything={seed}",
-                   f"--trainer.logger.init_args.save_dir={out_dir}", f"--trainer.logger.init_args.name={slug}",
-                   "--trainer.enable_progress_bar=false", *args, *extra]  # fmt: skip
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        seconds.write_text(f"{time.perf_counter() - start:.1f}")
-        print(f"{slug}: {seconds.read_text()} s", file=sys.stderr)
-    return json.loads(metrics.read_text())["test/macro_f1"], float(seconds.read_text()) if seconds.is_file() else float(
-        "nan"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", choices=sorted(STUDIES), default="global_local")
@@ -99,11 +76,12 @@ def main() -> None:
     args = parser.parse_args()
     config_name, cells = STUDIES[args.study]
     out_dir = Path(args.out_dir).resolve() / args.study
+    config = ROOT / "configs" / config_name
     runs = {
-        name: [run_cell(ROOT / "configs" / config_name, name, cell, seed, out_dir, args.extra) for seed in args.seeds]
+        name: [fit_metrics(config, name, cell, seed, out_dir, args.extra) for seed in args.seeds]
         for name, cell in cells.items()
     }
-    scores = {name: [score for score, _ in values] for name, values in runs.items()}
+    scores = {name: [metrics["test/macro_f1"] for metrics, _ in values] for name, values in runs.items()}
     baseline = next(iter(scores))
     base_mean = mean_interval(pd.Series(scores[baseline]))[0]
     seeds = " | ".join(f"seed {s}" for s in args.seeds)

@@ -6,8 +6,7 @@ The public API is re-exported here and imported on first use, so that
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medfusion.runs.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,16 +27,9 @@ _EXPORTS = {
     "ImageClassifier": "medfusion.models",
     "TextClassifier": "medfusion.models",
     "MultimodalClassifier": "medfusion.models",
+    "Predictor": "medfusion.deploy",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medfusion' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

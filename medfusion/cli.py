@@ -379,13 +379,15 @@ EXTRA_COMMANDS = {
     "explain": "medfusion.cli:explain_main",
     "pack": "medfusion.cli:pack_main",
     "compare": "medfusion.compare:compare_main",
+    "export": "medfusion.export:export_main",
 }
 DESCRIPTION = (
     "Multimodal (images, text, clinical variables) medical classification. Subcommands fit/validate/test/predict take "
     "--config files (e.g. configs/demo.yaml). Also: 'medfusion demo-data OUT_DIR' writes the demo dataset, "
     "'medfusion explain --config CFG --ckpt_path CKPT --ids ID ...' writes Grad-CAM/attention figures, "
     "'medfusion pack --config CFG --out DIR' writes the data as streaming shards, "
-    "'medfusion compare --config configs/compare/demo.yaml' trains a fusion x head grid and writes a leaderboard."
+    "'medfusion compare --config configs/compare/demo.yaml' trains a fusion x head grid and writes a leaderboard, "
+    "'medfusion export --ckpt_path CKPT --out DIR' writes model.onnx, its preprocessing and a model card."
 )
 
 

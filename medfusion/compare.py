@@ -31,8 +31,9 @@ from medfusion.heads import HEADS
 from medfusion.losses import LOSSES
 from medfusion.models import ClassifierModule
 
-METRICS = ("macro_f1", "balanced_acc", "macro_auroc", "acc", "ece")
-LOWER_IS_BETTER = {"ece"}
+METRICS = ("macro_f1", "balanced_acc", "macro_auroc", "acc", "ece", "qwk", "grade_mae")  # graded: qwk, grade_mae
+LOWER_IS_BETTER = {"ece", "grade_mae"}
+RANGES = {"qwk": (-1.0, 1.0), "grade_mae": (0.0, math.inf)}  # the others lie in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -218,16 +219,18 @@ def results_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def mean_interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float, float, float]:
-    """``(mean, std, low, high)`` over seeds: the Student-t interval of the mean, clipped to [0, 1] (NaN bounds
-    for one seed)."""
+def mean_interval(
+    values: pd.Series, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple[float, float, float, float]:
+    """``(mean, std, low, high)`` over seeds: the Student-t interval of the mean, clipped to the metric's range
+    ``bounds`` (NaN bounds for one seed)."""
     values = values.dropna().astype(float)
     n, mean = len(values), float(values.mean()) if len(values) else math.nan
     if n < 2:
         return mean, math.nan, math.nan, math.nan
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return mean, std, max(mean - half, 0.0), min(mean + half, 1.0)  # every leaderboard metric lies in [0, 1]
+    return mean, std, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def leaderboard(
@@ -242,7 +245,7 @@ def leaderboard(
         row["seeds"] = len(runs)
         for name in (m for m in metrics if m in runs):
             row[f"{name}_mean"], row[f"{name}_std"], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = mean_interval(
-                runs[name], confidence
+                runs[name], confidence, RANGES.get(name, (0.0, 1.0))
             )
         row["params"] = int(runs["params"].iloc[0])
         row["trainable_params"] = int(runs["trainable_params"].iloc[0])

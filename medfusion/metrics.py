@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-from torchmetrics import MetricCollection
+from torchmetrics import MeanAbsoluteError, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassCalibrationError,
+    MulticlassCohenKappa,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
@@ -34,15 +37,29 @@ class MacroAUROC(MulticlassAUROC):
         return per_class[defined].mean() if defined.any() else per_class.new_tensor(float("nan"))
 
 
-def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+class GradeMAE(MeanAbsoluteError):
+    """Mean absolute grade error ``mean |argmax p - y|`` of graded classes (their index is the grade)."""
+
+    def update(self, probs: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        """Add a batch of class probabilities ``[B, K]`` and grades ``[B]``."""
+        super().update(probs.argmax(-1).float(), target.float())
+
+
+def graded_metrics(num_classes: int) -> dict[str, Any]:
+    """For graded classes (``class_names`` in grade order): quadratic weighted kappa (``qwk``, the DR studies'
+    metric) and the mean absolute grade error (``grade_mae``) of the top class."""
+    return {"qwk": MulticlassCohenKappa(num_classes, weights="quadratic"), "grade_mae": GradeMAE()}
+
+
+def classification_metrics(num_classes: int, prefix: str, graded: bool = False) -> MetricCollection:
     """Accuracy, balanced accuracy (= macro recall, the ISIC 2018 metric), macro precision/recall/F1/AUROC and
     the expected calibration error (top-label, 15 equal-width bins). Update them with probabilities, not logits.
 
     Macro averages follow the convention of :mod:`medfusion.evaluation` (torchmetrics' own for precision, recall
     and F1): a class absent from both the targets and the predictions is left out, and macro AUROC averages only
     the classes present among the targets. Keys are ``{prefix}acc``, ``{prefix}balanced_acc``, ... e.g.
-    ``val/macro_f1``. States are summed/gathered across DDP ranks when computed, so every rank reports whole-set
-    metrics.
+    ``val/macro_f1``. ``graded`` adds :func:`graded_metrics`. States are summed/gathered across DDP ranks when
+    computed, so every rank reports whole-set metrics.
     """
     return MetricCollection(
         {
@@ -53,6 +70,7 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             "macro_f1": MulticlassF1Score(num_classes, average="macro"),
             "macro_auroc": MacroAUROC(num_classes),
             "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
+            **(graded_metrics(num_classes) if graded else {}),
         },
         prefix=prefix,
     )

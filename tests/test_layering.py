@@ -27,8 +27,10 @@ LAYERS: dict[str, int] = {
     "models": 4,
     "callbacks": 4,
     "interpret": 4,
+    "deploy": 4,
     "cli": 5,
     "compare": 5,
+    "export": 5,
     "__init__": 6,
     "__main__": 6,
 }

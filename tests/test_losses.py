@@ -168,7 +168,7 @@ def test_post_hoc_logit_adjust() -> None:
 
 def test_losses_registry_names_and_fragments() -> None:
     """One name per loss: registry name = ``configs/loss/<name>.yaml`` stem, whose class_path is that class."""
-    assert LOSSES.names() == ["ce", "focal", "logit_adjusted"]
+    assert LOSSES.names() == ["ce", "coral", "corn", "focal", "logit_adjusted"]
     assert LOSSES.get("focal") is FocalLoss and FocalLoss.registry_name == "focal"
     for name in LOSSES.names():
         loss_cls = LOSSES.get(name)
@@ -198,7 +198,7 @@ def test_build_loss_passes_hparams_and_lists_choices(batch: tuple[torch.Tensor, 
     assert torch.allclose(focal(*batch), F.cross_entropy(*batch), atol=1e-6)
     weighted = build_loss("ce", class_counts=[40, 20, 10, 5], class_weights="inverse")
     assert torch.allclose(weighted.weight, class_weights_from_counts([40, 20, 10, 5], "inverse"))
-    with pytest.raises(KeyError, match="Unknown loss 'dice'; choose one of: ce, focal, logit_adjusted"):
+    with pytest.raises(KeyError, match="Unknown loss 'dice'; choose one of: ce, coral, corn, focal, logit_adjusted"):
         build_loss("dice")
 
 

@@ -17,7 +17,7 @@ from medfusion.compare import compare_parser
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 CLI_COMMANDS = ("fit", "validate", "test", "predict")
-EXTRA_COMMANDS = ("demo-data", "explain", "pack")
+EXTRA_COMMANDS = ("demo-data", "explain", "pack", "export")
 COMPARE_COMMAND = "compare"  # parsed below; its grids' cells are parsed in test_compare.py
 # A run directory's saved config: runs/<name>/version_N/config.yaml is the resolved configs/<name>.yaml.
 RUN_CONFIG = re.compile(r"runs/(?P<name>[\w-]+)/version_\d+/config\.yaml")

@@ -32,8 +32,9 @@ def file_stem(prefix: str) -> str:
 class Evaluation(Callback):
     """After ``test``, for every test set (``test/``, ``test_<name>/``):
 
-    - logs 95 % percentile-bootstrap intervals of accuracy, balanced accuracy, macro-F1 and macro-AUROC
-      as ``<prefix><metric>_ci_low`` / ``_ci_high`` (so they reach ``metrics.json`` and every logger);
+    - logs 95 % percentile-bootstrap intervals of accuracy, balanced accuracy, macro-F1 and macro-AUROC (and,
+      for a graded model, quadratic weighted kappa and the mean absolute grade error) as
+      ``<prefix><metric>_ci_low`` / ``_ci_high`` (so they reach ``metrics.json`` and every logger);
     - writes ``evaluation/<set>_confusion_matrix.{csv,png}``, ``<set>_classification_report.csv`` and
       ``<set>_embedding_map.png`` (t-SNE of the features before the head, coloured by class) in the run dir,
       and logs the images, a W&B confusion matrix and a per-class table; a class with no samples in the test set
@@ -153,7 +154,8 @@ class Evaluation(Callback):
                 continue
             labels, probs = data["label"], data["probs"]
             if self.bootstrap_resamples > 0:
-                intervals = bootstrap_ci(probs, labels, self.bootstrap_resamples, self.confidence)
+                graded = bool(getattr(pl_module, "graded", False))
+                intervals = bootstrap_ci(probs, labels, self.bootstrap_resamples, self.confidence, graded=graded)
                 for name, (low, high) in intervals.items():
                     pl_module.log(f"{prefix}{name}_ci_low", low, rank_zero_only=True)
                     pl_module.log(f"{prefix}{name}_ci_high", high, rank_zero_only=True)

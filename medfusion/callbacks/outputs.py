@@ -90,7 +90,8 @@ class RetrievedPassages(Callback):
 
 class PredictionWriter(BasePredictionWriter):
     """Write ``id, prediction, prob_<class>..., status, error`` for every requested sample, exactly once, on rank
-    zero, in the order of the prediction set.
+    zero, in the order of the prediction set; a graded model (``model.graded``) adds ``risk_ge_<grade>...``,
+    ``P(y >= grade)``, after the probabilities.
 
     Predictions of all DDP ranks are gathered and an id seen twice is written once, so no padding duplicate
     reaches the file. A sample without a usable prediction (an unreadable image with ``data.on_bad_image: skip``,
@@ -129,7 +130,8 @@ class PredictionWriter(BasePredictionWriter):
         rows = [(i, *results.get(i, ([], lost))) for i in dict.fromkeys(requested)]
         self.summary = (len(rows), sum(error is not None for _, _, error in rows), path)
         if trainer.is_global_zero:
-            write_predictions(path, rows, list(getattr(pl_module, "class_names", [])))
+            graded = bool(getattr(pl_module, "graded", False))
+            write_predictions(path, rows, list(getattr(pl_module, "class_names", [])), graded)
 
 
 def requested_ids(trainer: L.Trainer) -> list[str] | None:
@@ -139,15 +141,20 @@ def requested_ids(trainer: L.Trainer) -> list[str] | None:
     return list(dataset.ids) if dataset is not None and hasattr(dataset, "ids") else None
 
 
-def write_predictions(path: Path, rows: Sequence[tuple[str, list[float], str | None]], class_names: list[str]) -> None:
-    """The predictions CSV: a row per ``(id, probs, error)``; an errored row has no prediction or probabilities."""
+def write_predictions(
+    path: Path, rows: Sequence[tuple[str, list[float], str | None]], class_names: list[str], graded: bool = False
+) -> None:
+    """The predictions CSV: a row per ``(id, probs, error)``; an errored row has no prediction or probabilities.
+    ``graded`` adds the risk scores ``risk_ge_<grade> = P(y >= grade)`` for every grade but the lowest."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    risks = [f"risk_ge_{c}" for c in class_names[1:]] if graded else []
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "prediction", *(f"prob_{c}" for c in class_names), "status", "error"])
+        writer.writerow(["id", "prediction", *(f"prob_{c}" for c in class_names), *risks, "status", "error"])
         for sample_id, probs, error in rows:
             if error is not None:
-                writer.writerow([sample_id, "", *([""] * len(class_names)), "error", error])
+                writer.writerow([sample_id, "", *([""] * (len(class_names) + len(risks))), "error", error])
                 continue
             best = max(range(len(probs)), key=probs.__getitem__)
-            writer.writerow([sample_id, class_names[best], *(f"{p:.6f}" for p in probs), "ok", ""])
+            risk = [min(sum(probs[k:]), 1.0) for k in range(1, len(probs))] if graded else []
+            writer.writerow([sample_id, class_names[best], *(f"{p:.6f}" for p in [*probs, *risk]), "ok", ""])

@@ -260,6 +260,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.image_column = image_column
         self.val_ratio, self.test_ratio, self.seed = val_ratio, test_ratio, seed
         self.image_size, self.augment, self.mean, self.std = image_size, augment, mean, std
+        self.group_column = group_column
         self.verify_images, self.max_length = verify_images, max_length
         self.cache, self.cache_dir = cache, cache_dir
         if on_bad_image not in ("raise", "skip"):
@@ -371,6 +372,10 @@ class MultimodalDataModule(L.LightningDataModule):
             data = read()
         self._table, self._records, self._labels = data.table, data.records, data.labels
         self.class_names, self.class_counts, self.tabular = data.class_names, data.class_counts, data.tabular
+        # no order given: sorted as strings, unless every label is a whole number (then by value)
+        self.class_order_sorted = not (class_names or trained) and not all(
+            name.lstrip("-").isdigit() for name in self.class_names
+        )
         main = [("test", data.records["test"], data.labels["test"])] if data.table is not None else []
         self.test_set_names = [name for name, _, _ in (*main, *data.tests)]
         self._test_records = [records for _, records, _ in (*main, *data.tests)]
@@ -459,8 +464,8 @@ class MultimodalDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict[str, Any]:
         """What a trained model needs from this data, as plain values (Lightning stores it in checkpoints): the
-        class names and training counts, the modalities, the text tokenizer, the tabular statistics and the
-        knowledge corpus's digest."""
+        class names and training counts, the modalities, the text tokenizer, the tabular statistics, the knowledge
+        corpus's digest, the image and text sizes and normalisation, and the class counts per split."""
         tokenizer = tokenizer_state(self.tokenizer) if self.tokenizer is not None else None
         return mark(
             {
@@ -470,8 +475,20 @@ class MultimodalDataModule(L.LightningDataModule):
                 "tokenizer": tokenizer,
                 "tabular": self.tabular.state_dict() if self.tabular is not None else None,
                 "knowledge": self.knowledge_state,
+                # what serving the model needs to prepare a case as the loaders do (medfusion.deploy)
+                "image_size": self.image_size,
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "max_length": self.max_length,
+                "split_counts": self.split_counts(),
+                "group_column": self.group_column,
             }
         )
+
+    def split_counts(self) -> dict[str, list[int]]:
+        """Samples per class of each split read (``train``, ``val``, ``test``), for the model card."""
+        labels = self._labels if self._table is not None else {}
+        return {name: [list(values).count(c) for c in range(len(self.class_names))] for name, values in labels.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check that a checkpoint's data state (restored by Lightning with ``ckpt_path``) is the one this data

@@ -11,6 +11,7 @@ from medfusion.data.datamodule import MultimodalDataModule
 from medfusion.data.demo import default_cache_dir, ensure_demo_data, image_columns
 from medfusion.data.demo.generate import ensure_generated
 from medfusion.data.demo.global_local import global_local_args, make_global_local_data
+from medfusion.data.demo.graded import GRADES, graded_args, make_graded_data
 from medfusion.data.demo.studies import make_study_data, study_args
 from medfusion.data.demo.volumes import make_volume_data, volume_args
 from medfusion.data.options import check_demo_options
@@ -196,6 +197,49 @@ class StudyDemoDataModule(MultimodalDataModule):
             image_dir=str(out / "images"),
             id_column="image_id",
             label_column="label",
+            image_size=image_size,
+            **kwargs,
+        )
+
+
+class GradedDemoDataModule(MultimodalDataModule):
+    """The generated graded demo (:mod:`medfusion.data.demo.graded`): a fundus-like image and an exam note per case,
+    graded ``none`` < ``mild`` < ``moderate`` < ``severe`` < ``proliferative`` (``class_names`` in this order unless
+    given). Generated on first use into a cache directory.
+
+    Args:
+        root: where the dataset lives; default ``$MEDFUSION_CACHE/demo/graded_...``.
+        num_samples: number of cases.
+        demo_image_size: side of the generated images.
+        demo_seed: seed of the generator.
+        image_size: side of the model input.
+        **kwargs: any :class:`MultimodalDataModule` option (``modalities: [image]`` for the image alone).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        num_samples: int = 1500,
+        demo_image_size: int = 64,
+        demo_seed: int = 0,
+        image_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        out = _generated(
+            root,
+            f"graded_n{num_samples}_s{demo_image_size}_seed{demo_seed}",
+            partial(make_graded_data, num_samples=num_samples, image_size=demo_image_size, seed=demo_seed),
+            graded_args(num_samples, demo_image_size, demo_seed),
+        )
+        if kwargs.get("class_names") is None:  # the CLI passes every option, unset ones as None
+            kwargs["class_names"] = list(GRADES)
+        super().__init__(
+            csv_path=str(out / "metadata.csv"),
+            image_dir=str(out / "images"),
+            text_json=str(out / "reports.json"),
+            id_column="image_id",
+            label_column="label",
+            group_column="patient_id",
             image_size=image_size,
             **kwargs,
         )

@@ -87,6 +87,7 @@ class ShardDataModule(MultimodalDataModule):
         self._sets, self._report = meta["sets"], meta["report"]
         self.image_size, self.max_length = meta["image_size"], meta["max_length"]
         self.augment, self.mean, self.std, self.seed = augment, mean, std, seed
+        self.group_column = state.get("group_column")
         self.batch_size, self.num_workers, self.sampler = batch_size, num_workers, sampler
         self.feature_cache = self.image_cache = None
         self._serve = None
@@ -116,6 +117,11 @@ class ShardDataModule(MultimodalDataModule):
         self._labels = {"train": self._sets.get("train", {}).get("labels", [])}  # for the balanced sampler
         self.data_report: dict[str, int] = {}
         self.datasets = {}
+
+    def split_counts(self) -> dict[str, list[int]]:
+        """Samples per class of each packed split, for the model card."""
+        sets = {name: listed["labels"] for name, listed in self._sets.items() if name in ("train", "val", "test")}
+        return {name: [list(values).count(c) for c in range(len(self.class_names))] for name, values in sets.items()}
 
     @property
     def test_sizes(self) -> dict[str, int]:

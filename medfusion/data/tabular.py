@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from medfusion.data.errors import ConfigError, DataError, raise_for_rows
+from medfusion.runs.ranks import rank_zero_warn
 
 UNKNOWN = 0  # categorical index of a category not seen in the training rows
 MISSING = 1  # categorical index of an empty cell: a missing value is not an unknown one

@@ -41,7 +41,11 @@ def encode_present(
     encoder: Callable[..., Encoded], inputs: Inputs, present: torch.Tensor, **wants: bool
 ) -> Encoded | None:
     """:func:`call_encoder` on the rows where ``present`` (bool ``[B]``) is True only, its outputs put back in place
-    with zeros (mask False) in the other rows; None when no row is present (the encoder never runs)."""
+    with zeros (mask False) in the other rows; None when no row is present (the encoder never runs). While
+    ``torch.export`` traces (ONNX export), every row is encoded: rows are independent, and the caller's stand-ins
+    replace the absent ones, so the outputs are the same without a data-dependent branch."""
+    if torch.compiler.is_exporting():
+        return call_encoder(encoder, inputs, **wants)
     size, count = present.shape[0], int(present.sum())  # one device sync
     if count == size:
         return call_encoder(encoder, inputs, **wants)

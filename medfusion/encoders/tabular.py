@@ -105,6 +105,8 @@ class TabularEncoder(nn.Module):
                 f"categorical must be [B, {len(self.cardinalities)}] (B = {numeric.shape[0]}), "
                 f"got {tuple(categorical.shape)}"
             )
+        if torch.compiler.is_exporting():  # a value check is data-dependent; the exported preprocessing is in range
+            return
         if categorical.numel() and bool(((categorical < 0) | (categorical >= self.sizes)).any()):
             raise ValueError(
                 f"categorical indices out of range: column j takes 0 .. cardinalities[j] - 1 of {self.cardinalities} "

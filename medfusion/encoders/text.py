@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PretrainedConfig, PreTrainedModel
 
 from medfusion.encoders.encoded import Encoded
+from medfusion.runs.ranks import rank_zero_warn
 
 TINY = "tiny"
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 METRICS = ("acc", "balanced_acc", "macro_f1", "macro_auroc")
+GRADED_METRICS = ("qwk", "grade_mae")  # with graded=True: the classes are grades in index order
 _CHUNK_ELEMENTS = 2**22  # resamples per chunk * N: bounds the [R, N] float64 intermediates to ~32 MiB each
 
 
@@ -60,12 +61,28 @@ def _weighted_auroc(probs: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
     return torch.stack(aurocs, 1).nanmean(1)
 
 
-def weighted_metrics(probs: Tensor, labels: Tensor, weights: Tensor) -> dict[str, Tensor]:
-    """Accuracy, balanced accuracy, macro F1 and macro AUROC of R weighted copies of the data set.
+def _weighted_graded(predicted: Tensor, labels: Tensor, weights: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Quadratic weighted kappa and mean absolute grade error [R] of the top classes ``predicted`` [N]; kappa is
+    NaN where the chance disagreement is 0 (one grade in both the targets and the predictions)."""
+    pairs = F.one_hot(labels * num_classes + predicted, num_classes**2).to(torch.float64)
+    observed = (weights @ pairs).view(-1, num_classes, num_classes)
+    total = observed.sum((1, 2), keepdim=True)
+    expected = observed.sum(2, keepdim=True) * observed.sum(1, keepdim=True) / total
+    grades = torch.arange(num_classes, dtype=torch.float64, device=weights.device)
+    penalty = (grades[:, None] - grades[None, :]) ** 2
+    chance = (penalty * expected).sum((1, 2))
+    kappa = torch.where(chance > 0, 1 - (penalty * observed).sum((1, 2)) / chance, torch.nan)
+    error = (weights @ (labels - predicted).abs().to(torch.float64)) / weights.sum(1)
+    return {"qwk": kappa, "grade_mae": error}
+
+
+def weighted_metrics(probs: Tensor, labels: Tensor, weights: Tensor, graded: bool = False) -> dict[str, Tensor]:
+    """Accuracy, balanced accuracy, macro F1 and macro AUROC of R weighted copies of the data set, and with
+    ``graded`` quadratic weighted kappa (``qwk``) and the mean absolute grade error (``grade_mae``).
 
     ``probs`` [N, C] class scores, ``labels`` [N] class indices, ``weights`` [R, N] non-negative per-sample
     weights (e.g. bootstrap counts). Returns float64 tensors of shape [R] keyed by ``acc``, ``balanced_acc``,
-    ``macro_f1`` and ``macro_auroc``.
+    ``macro_f1`` and ``macro_auroc`` (and ``qwk``, ``grade_mae``).
     """
     _validate_predictions(probs, labels)
     if weights.ndim != 2 or weights.shape[1] != probs.shape[0]:
@@ -82,22 +99,30 @@ def weighted_metrics(probs: Tensor, labels: Tensor, weights: Tensor) -> dict[str
     fp = weights @ predicted - tp
     fn = weights @ truth - tp
     seen = (tp + fp + fn) > 0
-    return {
+    metrics = {
         "acc": tp.sum(1) / weights.sum(1),
         "balanced_acc": _macro_average(_safe_divide(tp, tp + fn), seen),
         "macro_f1": _macro_average(_safe_divide(2 * tp, 2 * tp + fp + fn), seen),
         "macro_auroc": _weighted_auroc(probs, labels, weights),
     }
+    if graded:
+        metrics |= _weighted_graded(probs.argmax(1), labels, weights, num_classes)
+    return metrics
 
 
-def point_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    """The four metrics of the data set itself (``weighted_metrics`` with unit weights)."""
+def point_metrics(probs: Tensor, labels: Tensor, graded: bool = False) -> dict[str, float]:
+    """The metrics of the data set itself (``weighted_metrics`` with unit weights)."""
     ones = torch.ones(1, probs.shape[0], dtype=torch.float64, device=probs.device)
-    return {name: float(value[0]) for name, value in weighted_metrics(probs, labels, ones).items()}
+    return {name: float(value[0]) for name, value in weighted_metrics(probs, labels, ones, graded).items()}
 
 
 def bootstrap_ci(
-    probs: Tensor, labels: Tensor, num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    probs: Tensor,
+    labels: Tensor,
+    num_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    graded: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap ``(low, high)`` confidence interval of each metric of ``weighted_metrics``.
 
@@ -115,13 +140,13 @@ def bootstrap_ci(
     n = probs.shape[0]
     generator = torch.Generator().manual_seed(seed)
     chunk = max(1, _CHUNK_ELEMENTS // n)
-    values: dict[str, list[Tensor]] = {name: [] for name in METRICS}
+    values: dict[str, list[Tensor]] = {name: [] for name in (*METRICS, *(GRADED_METRICS if graded else ()))}
     for start in range(0, num_resamples, chunk):
         size = min(chunk, num_resamples - start)
         drawn = torch.randint(0, n, (size, n), generator=generator)
         counts = torch.zeros(size, n, dtype=torch.float64)
         counts.scatter_add_(1, drawn, torch.ones(size, n, dtype=torch.float64))
-        for name, value in weighted_metrics(probs, labels, counts).items():
+        for name, value in weighted_metrics(probs, labels, counts, graded).items():
             values[name].append(value)
     alpha = (1 - confidence) / 2
     levels = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)

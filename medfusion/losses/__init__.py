@@ -7,10 +7,13 @@ from medfusion.losses.cross_entropy import CrossEntropyLoss
 from medfusion.losses.disagreement import disagreement_weight, symmetric_kl
 from medfusion.losses.focal import FocalLoss
 from medfusion.losses.logit_adjusted import LogitAdjustedLoss, logit_adjust
+from medfusion.losses.ordinal import CoralLoss, CornLoss
 
 __all__ = [
     "LOSSES",
     "ClassWeighting",
+    "CoralLoss",
+    "CornLoss",
     "CrossEntropyLoss",
     "FocalLoss",
     "LogitAdjustedLoss",

@@ -18,7 +18,7 @@ from medfusion.data.errors import ConfigError, check_option
 from medfusion.data.modalities import check_same_modalities
 from medfusion.encoders.slices import SliceMode, SlicePooling, SliceStackEncoder
 from medfusion.encoders.study import StudyEncoder, StudyPooling
-from medfusion.heads import Head, MLPHead
+from medfusion.heads import Head, MLPHead, is_ordinal
 from medfusion.heads.dual_expert import DualExpertHead
 from medfusion.losses import CrossEntropyLoss, LogitAdjustedLoss, logit_adjust
 from medfusion.metrics import classification_metrics
@@ -70,6 +70,10 @@ class ClassifierModule(L.LightningModule):
             attention pooling) or ``attention`` (the pooling alone).
         study_pooling: how a study's images (``data.study_column``) are pooled: ``mean``, ``max`` or gated
             ``attention`` (Ilse et al. 2018); see :class:`~medfusion.encoders.study.StudyEncoder`.
+        graded: the classes are grades in ``class_names`` order: validation and test add quadratic weighted kappa
+            (``qwk``) and the mean absolute grade error (``grade_mae``), bootstrap intervals include them, and
+            ``predictions.csv`` the risk ``P(y >= k)`` per grade. Default: on with an ordinal head or loss
+            (CORAL, CORN), off otherwise.
 
     The ``temperature`` buffer divides the evaluation logits (1 until temperature scaling sets it; see
     :class:`~medfusion.callbacks.Evaluation`).
@@ -107,6 +111,7 @@ class ClassifierModule(L.LightningModule):
         slice_mode: SliceMode = "sequence",
         slice_pooling: SlicePooling = "transformer",
         study_pooling: StudyPooling = "attention",
+        graded: bool | None = None,
     ) -> None:
         super().__init__()
         check_option("model.lr", lr, lr > 0, "a positive number")
@@ -136,6 +141,7 @@ class ClassifierModule(L.LightningModule):
                 )
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = classification_metrics(num_classes, "val/")
+        self.graded = bool(graded)  # settled with the head (_build_head)
         # Sample-weighted means gathered across ranks (sync_dist would average per-rank means).
         self.val_loss = MeanMetric()
         self.test_metrics = nn.ModuleList()
@@ -168,8 +174,14 @@ class ClassifierModule(L.LightningModule):
         """Which encoder outputs the model uses besides ``pooled``: ``{"tokens": ..., "levels": ...}``."""
         return {"tokens": False, "levels": False}
 
-    def _build_head(self, in_dim: int) -> None:
-        self.head = self._head_factory(in_dim, self.num_classes)
+    def _build_head(self, in_dim: int, head: Head | None = None) -> None:
+        """Set the head (``head``, or the configured one on ``in_dim`` features), then what depends on it: whether
+        the classes are graded (:attr:`graded`) and so the validation metrics."""
+        self.head = head if head is not None else self._head_factory(in_dim, self.num_classes)
+        ordinal = is_ordinal(self.head) or bool(getattr(self.criterion, "ordinal", False))
+        self.graded = ordinal if self.hparams.graded is None else self.hparams.graded
+        if self.graded:
+            self.val_metrics = classification_metrics(self.num_classes, "val/", graded=True)
         self._freeze_if_asked()
 
     def _freeze_if_asked(self) -> None:
@@ -264,6 +276,11 @@ class ClassifierModule(L.LightningModule):
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if isinstance(datamodule, MultimodalDataModule):
             check_same_modalities(datamodule.modalities, self.batch_modalities)
+            if self.graded and getattr(datamodule, "class_order_sorted", False):
+                rank_zero_warn(
+                    f"The classes are graded in the order {self.class_names}, the labels sorted as strings, since "
+                    "data.class_names is not set. Fix: set data.class_names to the grades from lowest to highest."
+                )
             if datamodule.feature_cache is not None:
                 datamodule.use_datasets(serve_cached_features(self, datamodule))
         # Pretrained weights load when a fit starts, never when a model is rebuilt from a checkpoint.
@@ -339,9 +356,9 @@ class ClassifierModule(L.LightningModule):
         count = len(loaders) if isinstance(loaders, Sequence) else 1
         names = names if len(names) == count else ["test", *(f"{i}" for i in range(1, count))]
         self.test_prefixes = ["test/" if n == "test" else f"test_{n}/" for n in names]
-        self.test_metrics = nn.ModuleList([classification_metrics(self.num_classes, p) for p in self.test_prefixes]).to(
-            self.device
-        )
+        self.test_metrics = nn.ModuleList(
+            [classification_metrics(self.num_classes, p, self.graded) for p in self.test_prefixes]
+        ).to(self.device)
         self.test_losses = nn.ModuleList([MeanMetric() for _ in self.test_prefixes]).to(self.device)
 
     # ----------------------------------------------------------------------------- steps

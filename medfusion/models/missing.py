@@ -92,7 +92,7 @@ class MissingModality(nn.Module):
             first[0] = True  # an absent sample: one real token, the learned one, then padding
             token = torch.where(first[:, None], self.token.to(encoded.tokens.dtype), 0.0)
             out.tokens = torch.where(rows[..., None], encoded.tokens, token)
-            out.mask = torch.where(rows, encoded.mask, first)
+            out.mask = (rows & encoded.mask) | (~rows & first)  # logic, not a where on bools (ONNX Runtime has none)
         if levels:
             out.levels = [_where(rows, level, p) for level, p in zip(encoded.levels, self.levels, strict=True)]
         return out

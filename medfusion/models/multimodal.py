@@ -182,8 +182,8 @@ class MultimodalClassifier(ClassifierModule):
         else:
             dims = (self.fusion.out_dim, self.encoders[dual_expert].out_dim)
             names_ = ("fused", dual_expert)
-            self.head = DualExpertHead(dims, self.num_classes, self._head_factory, names_, dual_expert_temperature)
-            self._freeze_if_asked()
+            expert = DualExpertHead(dims, self.num_classes, self._head_factory, names_, dual_expert_temperature)
+            self._build_head(expert.in_dim, expert)
         learn_pooled = kind == "pooled" or aux_heads or clip_weight > 0 or dual_expert is not None
         self.missing = nn.ModuleDict(
             {

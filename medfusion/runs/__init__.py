@@ -1,7 +1,20 @@
 """Runs: reading and writing checkpoints safely (weights-only, atomic), and resuming a run in its own directory.
-The lowest layer: it imports no other medfusion package."""
+The lowest layer: it imports no other medfusion package. The names below are imported on first use (resuming
+needs Lightning; reading a checkpoint does not)."""
 
-from medfusion.runs.checkpoints import CheckpointError, load_safely, load_weights, read_checkpoint
-from medfusion.runs.resume import SafeCheckpointIO, resolve_resume
+from __future__ import annotations
 
-__all__ = ["CheckpointError", "SafeCheckpointIO", "load_safely", "load_weights", "read_checkpoint", "resolve_resume"]
+from medfusion.runs.lazy import lazy_exports
+
+_EXPORTS = {
+    "CheckpointError": "medfusion.runs.checkpoints",
+    "load_safely": "medfusion.runs.checkpoints",
+    "load_weights": "medfusion.runs.checkpoints",
+    "read_checkpoint": "medfusion.runs.checkpoints",
+    "SafeCheckpointIO": "medfusion.runs.resume",
+    "resolve_resume": "medfusion.runs.resume",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

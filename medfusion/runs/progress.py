@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TextIO, TypeVar
 
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,13 +33,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from medfusion.runs.ranks import is_rank_zero
+
 T = TypeVar("T")
 ENV_VAR = "MEDFUSION_PROGRESS"
-
-
-def is_rank_zero() -> bool:
-    """True in the process of global rank 0 (or without distributed training)."""
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _mode(stream: TextIO) -> str:
