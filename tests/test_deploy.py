@@ -35,14 +35,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
        "--data.num_samples=120"]  # fmt: skip
 TABULAR = ["--config", str(CONFIGS / "demo_tabular.yaml")]
-VARIANTS = {  # every modality kind, and the fusions and heads the acceptance names
+VARIANTS = {  # every modality kind, and the fusions and heads the acceptance names (CORAL on the graded demo)
     "concat_tabular": TABULAR,
-    "gated": ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / "fusion/gated.yaml")],
+    "gated_coral": ["--config", str(CONFIGS / "demo_graded.yaml"), "--config", str(CONFIGS / "fusion/gated.yaml")],
     "cross_attention": [
         "--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / "fusion/cross_attention.yaml"),
     ],
     "moe": ["--config", str(CONFIGS / "demo.yaml"), "--config", str(CONFIGS / "head/moe.yaml")],
-    "coral_graded": ["--config", str(CONFIGS / "demo_graded.yaml")],
 }  # fmt: skip
 
 
@@ -88,7 +87,7 @@ def test_predictor_from_checkpoint_and_from_export_agree_on_the_test_split(expor
     assert [p.label for p in torch_side] == [p.label for p in onnx_side]
     for a, b in zip(torch_side, onnx_side, strict=True):
         assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-4
-    if name == "coral_graded":
+    if name == "gated_coral":
         risks = torch_side[0].risks
         assert list(risks) == from_checkpoint.class_names[1:] and risks == dict(
             sorted(risks.items(), key=lambda x: -x[1])
@@ -174,7 +173,7 @@ def test_predict_frame_adds_predictions_and_probabilities(exported) -> None:
 
 @pytest.mark.slow
 def test_the_model_card_holds_the_data_metrics_and_the_use_to_complete(exported) -> None:
-    checkpoint, out = exported["coral_graded"]
+    checkpoint, out = exported["gated_coral"]
     card = (out / "MODEL_CARD.md").read_text()
     metrics = json.loads((checkpoint.parent.parent / "metrics.json").read_text())
     assert "| none |" in card and "| proliferative |" in card and "| train | val | test |" in card
@@ -244,7 +243,7 @@ def readme_py_blocks() -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_predictor_and_service_examples_run(exported, tmp_path: Path, monkeypatch) -> None:
-    checkpoint, out = exported["gated"]  # an image + text demo model, as in the README
+    checkpoint, out = exported["cross_attention"]  # an image + text demo model, as in the README
     monkeypatch.chdir(tmp_path)
     (tmp_path / "export").symlink_to(out)
     (tmp_path / "runs/demo/version_0/checkpoints").mkdir(parents=True)
