@@ -9,7 +9,7 @@ import copy
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,19 +244,32 @@ def demo_data_main(argv: Sequence[str]) -> None:
     print(f"Wrote {args.num_samples} samples to {out} (metadata.csv, reports.json, images/)")
 
 
+@contextlib.contextmanager
+def program_name_only() -> Iterator[None]:
+    """``sys.argv`` reduced to the program name for the duration."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def configured(model_class: type[ClassifierModule], args: list[str]) -> MedfusionCLI:
     """The model and datamodule that ``args`` (``--config`` and overrides) describe, built as ``fit`` builds them,
-    without running anything or writing a run directory."""
-    return MedfusionCLI(
-        model_class,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-    )
+    without running anything or writing a run directory. (``sys.argv`` is hidden from it while it parses ``args``:
+    LightningCLI warns when both are given, and an extra command's own options are in ``sys.argv``.)"""
+    with program_name_only():
+        return MedfusionCLI(
+            model_class,
+            MultimodalDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=False,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+        )
 
 
 def explain_main(argv: Sequence[str]) -> None:
