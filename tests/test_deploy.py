@@ -273,3 +273,11 @@ def test_the_readme_predictor_and_service_examples_run(exported, tmp_path: Path,
     answer = asyncio.run(service["predict"](Upload(), "A changing mole."))
     assert answer["label"] in namespace["predictor"].class_names
     assert abs(sum(answer["probabilities"].values()) - 1) < 1e-5
+
+
+def test_a_checkpoint_without_the_preprocessing_sizes_is_refused_for_serving() -> None:
+    from medfusion.deploy.inputs import Preprocessing
+
+    old = {"class_names": ["a", "b"], "modalities": {"image": "image"}, "tokenizer": None, "tabular": None}
+    with pytest.raises(CheckpointError, match=r"\['image_size', 'mean', 'std', 'max_length'\].*retrain"):
+        Preprocessing.from_data_state(old, graded=False, where="old.ckpt")

@@ -113,8 +113,8 @@ class Preprocessing:
         missing = [key for key in ("image_size", "mean", "std", "max_length") if key not in state]
         if missing and ("image" in kinds.values() or "text" in kinds.values()):
             raise CheckpointError(
-                f"{where} holds no {missing} (written by a medfusion before 0.1 of this format). Fix: test or "
-                "predict it with the CLI, or retrain with this medfusion to export or serve it."
+                f"{where} holds no {missing}: it was written before medfusion kept them in checkpoints. Fix: test "
+                "or predict it with the CLI, or retrain it with this medfusion to export or serve it."
             )
         return cls(
             class_names=list(state["class_names"]),
