@@ -127,6 +127,9 @@ class MultimodalDataModule(L.LightningDataModule):
             absent inputs (``MultimodalClassifier``).
         val_ratio: fraction of groups for validation when there is no split column (``0 <= val_ratio < 1``).
         test_ratio: fraction of groups for testing when there is no split column (``val_ratio + test_ratio < 1``).
+        train_fraction: train on this fraction ``0 < f <= 1`` of the training rows, for learning curves: stratified
+            by class, drawn by group with ``seed``, nested (a larger fraction holds the smaller ones); validation and
+            test are unchanged (:func:`~medfusion.data.splits.training_subset`).
             Classes with no row in the val or test split, or (random splits) too few rows for all three, are
             warned about: their per-class metrics are undefined there.
         seed: seed of the random split.
@@ -210,6 +213,7 @@ class MultimodalDataModule(L.LightningDataModule):
         modalities: list[str] | None = None,
         allow_missing: list[str] | None = None,
         val_ratio: float = 0.15,
+        train_fraction: float = 1.0,
         test_ratio: float = 0.15,
         seed: int = 42,
         test_sets: dict[str, TestSet] | None = None,
@@ -243,6 +247,7 @@ class MultimodalDataModule(L.LightningDataModule):
             num_workers=num_workers,
             val_ratio=val_ratio,
             test_ratio=test_ratio,
+            train_fraction=train_fraction,
             csv_sep=csv_sep,
         )
         self.na_values = list(na_values or [])
@@ -344,7 +349,7 @@ class MultimodalDataModule(L.LightningDataModule):
             csv_path,
             image_dir,
             text_json,
-            SplitOptions(split_column, group_column, val_ratio, test_ratio, seed),
+            SplitOptions(split_column, group_column, val_ratio, test_ratio, seed, train_fraction),
             list(trained["class_names"]) if trained else list(class_names or []),
             test_sets=dict(test_sets or {}),
             predict_csv=predict_csv,

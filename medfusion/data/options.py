@@ -17,6 +17,7 @@ def check_data_options(
     val_ratio: float,
     test_ratio: float,
     csv_sep: str,
+    train_fraction: float = 1.0,
 ) -> None:
     """A :class:`ConfigError` for the first option out of its range, before any file is read."""
     check_loader_options(batch_size=batch_size, num_workers=num_workers)
@@ -33,6 +34,9 @@ def check_data_options(
         test_ratio,
         val_ratio + test_ratio < 1,
         f"below 1 - data.val_ratio = {1 - val_ratio:g} (val_ratio + test_ratio < 1 leaves rows for training)",
+    )
+    check_option(
+        "data.train_fraction", train_fraction, _is_number(train_fraction) and 0 < train_fraction <= 1, "in (0, 1]"
     )
     check_option(
         "data.csv_sep",

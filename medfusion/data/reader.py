@@ -16,7 +16,7 @@ from medfusion.data.errors import DataError
 from medfusion.data.images import ImageIndex
 from medfusion.data.knowledge import KnowledgeSpec, Retriever
 from medfusion.data.slices import SliceSpec
-from medfusion.data.splits import assign_splits, rare_class_warnings
+from medfusion.data.splits import assign_splits, rare_class_warnings, training_subset
 from medfusion.data.table import Records, infer_class_names, label_indices, read_records, resolve_equivalent_labels
 from medfusion.data.tabular import TabularPreprocessor, TabularSpec
 from medfusion.data.test_sets import TestSet
@@ -101,13 +101,15 @@ class CsvReader:
 @dataclass(frozen=True)
 class SplitOptions:
     """How the training CSV is split: by its ``split_column``, else at random by group (``group_column``, else
-    each row) with ``val_ratio``/``test_ratio`` and ``seed``."""
+    each row) with ``val_ratio``/``test_ratio`` and ``seed``; ``train_fraction`` of the training rows are used
+    (:func:`~medfusion.data.splits.training_subset`)."""
 
     split_column: str | None = None
     group_column: str | None = None
     val_ratio: float = 0.15
     test_ratio: float = 0.15
     seed: int = 42
+    train_fraction: float = 1.0
 
 
 @dataclass
@@ -147,6 +149,13 @@ def read_training(
         split.seed,
         group_column_given=records.groups is not None,
     )
+    groups = records.groups if records.groups is not None else records.ids
+    splits = training_subset(splits, records.labels, groups, split.train_fraction, split.seed)
+    unused = splits.count("unused")
+    if unused:
+        rank_zero_warn(f"data.train_fraction={split.train_fraction:g}: {splits.count('train')} of "
+                       f"{splits.count('train') + unused} training rows of {csv_path} are used; validation and test "
+                       "are unchanged.")  # fmt: skip
     by_split = {s: records.subset([r for r, x in enumerate(splits) if x == s]) for s in SPLITS}
     split_labels = {s: [labels[r] for r, x in enumerate(splits) if x == s] for s in SPLITS}
     counts = Counter(split_labels["train"])

@@ -84,6 +84,43 @@ def stratified_group_split(
     return [split_of_group[g] for g in groups]
 
 
+def training_subset(
+    splits: Sequence[str], labels: Sequence[str], groups: Sequence[str], fraction: float, seed: int
+) -> list[str]:
+    """``splits`` with the training rows outside a ``fraction`` of them marked ``"unused"``, for learning curves.
+
+    Stratified by class and drawn by group: within each class (a group's majority label) the training groups are
+    put in one order drawn with ``seed``, and taken in that order until they hold ``round(fraction * rows)`` of the
+    class's training rows (at least one group). One order serves every fraction, so a larger fraction contains
+    the smaller ones. Validation and test rows are never touched.
+    """
+    if fraction >= 1:
+        return list(splits)
+    train = [r for r, split in enumerate(splits) if split == "train"]
+    majority: dict[str, Counter] = defaultdict(Counter)
+    for r in train:
+        majority[groups[r]][labels[r]] += 1
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for r in train:
+        rows_of[groups[r]].append(r)
+    classes: dict[str, list[str]] = defaultdict(list)
+    for group in sorted(majority):
+        label = min(majority[group].items(), key=lambda item: (-item[1], item[0]))[0]
+        classes[label].append(group)
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the split itself stays as without a fraction
+    kept: set[int] = set()
+    for label in sorted(classes):
+        members = classes[label]
+        wanted = max(1, round(fraction * sum(len(rows_of[g]) for g in members)))
+        taken = 0
+        for i in rng.permutation(len(members)):
+            if taken >= wanted:
+                break
+            kept.update(rows_of[members[i]])
+            taken += len(rows_of[members[i]])
+    return [split if split != "train" or r in kept else "unused" for r, split in enumerate(splits)]
+
+
 def _count(n: int, ratio: float) -> int:
     count = round(n * ratio)
     return max(count, 1) if ratio > 0 and n >= 3 else count
