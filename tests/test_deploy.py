@@ -281,3 +281,15 @@ def test_a_checkpoint_without_the_preprocessing_sizes_is_refused_for_serving() -
     old = {"class_names": ["a", "b"], "modalities": {"image": "image"}, "tokenizer": None, "tabular": None}
     with pytest.raises(CheckpointError, match=r"\['image_size', 'mean', 'std', 'max_length'\].*retrain"):
         Preprocessing.from_data_state(old, graded=False, where="old.ckpt")
+
+
+@pytest.mark.slow
+def test_export_exits_with_status_1_when_parity_fails(exported, monkeypatch, tmp_path: Path, capsys) -> None:
+    import medfusion.export
+
+    checkpoint, _ = exported["moe"]
+    monkeypatch.setattr(medfusion.export, "parity", lambda *args: ParityReport(20, 3e-4, 0.95))
+    with pytest.raises(SystemExit) as info:
+        console(["export", f"--ckpt_path={checkpoint}", f"--out={tmp_path / 'out'}"])
+    assert info.value.code == 1 and "does not reproduce" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"] is False

@@ -490,9 +490,13 @@ class MultimodalDataModule(L.LightningDataModule):
             }
         )
 
+    def split_labels(self) -> dict[str, Sequence[int]]:
+        """The class index of every sample of each split read (``train``, ``val``, ``test``)."""
+        return self._labels if self._table is not None else {}
+
     def split_counts(self) -> dict[str, list[int]]:
-        """Samples per class of each split read (``train``, ``val``, ``test``), for the model card."""
-        labels = self._labels if self._table is not None else {}
+        """Samples per class of each split, for the model card."""
+        labels = self.split_labels()
         return {name: [list(values).count(c) for c in range(len(self.class_names))] for name, values in labels.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ function and checkpoint state as :class:`MultimodalDataModule`, with samples rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Literal
 
@@ -118,10 +119,9 @@ class ShardDataModule(MultimodalDataModule):
         self.data_report: dict[str, int] = {}
         self.datasets = {}
 
-    def split_counts(self) -> dict[str, list[int]]:
-        """Samples per class of each packed split, for the model card."""
-        sets = {name: listed["labels"] for name, listed in self._sets.items() if name in ("train", "val", "test")}
-        return {name: [list(values).count(c) for c in range(len(self.class_names))] for name, values in sets.items()}
+    def split_labels(self) -> dict[str, Sequence[int]]:
+        """The class index of every sample of each packed split (``train``, ``val``, ``test``)."""
+        return {name: listed["labels"] for name, listed in self._sets.items() if name in ("train", "val", "test")}
 
     @property
     def test_sizes(self) -> dict[str, int]:

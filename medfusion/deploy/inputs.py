@@ -66,11 +66,12 @@ def flat_arrays(batch: Mapping[str, Any], modalities: Mapping[str, str]) -> dict
     present = batch.get("present") or {}
     for name in modalities:
         flag = present.get(name)
-        flat[f"{name}.present"] = flag if flag is not None else _ones_like_batch(flat, modalities)
+        flat[f"{name}.present"] = flag if flag is not None else _ones_like_batch(flat)
     return {name: flat[name] for name in input_names(modalities)}
 
 
-def _ones_like_batch(flat: Mapping[str, Any], modalities: Mapping[str, str]) -> Any:
+def _ones_like_batch(flat: Mapping[str, Any]) -> Any:
+    """All-True presence flags for the batch of ``flat`` (a batch without flags has every modality)."""
     first = next(iter(flat.values()))
     if isinstance(first, np.ndarray):
         return np.ones(first.shape[0], dtype=bool)

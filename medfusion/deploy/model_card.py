@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medfusion.data.state import find_data_state
 from medfusion.deploy.inputs import Preprocessing
 
 METRIC_NAMES = {
@@ -53,7 +54,7 @@ def model_card(
     checkpoint_path = Path(checkpoint_path)
     run = checkpoint_path.resolve().parent.parent
     options = checkpoint.get("hyper_parameters") or {}
-    state = next(v for v in checkpoint.values() if isinstance(v, dict) and "medfusion_data_format" in v)
+    state = find_data_state(dict(checkpoint), checkpoint_path)
     names = preprocessing.class_names
     lines = [f"# Model card: {run.name} ({checkpoint_path.name})", ""]
     lines += ["## Model", "",
