@@ -68,11 +68,17 @@ def test_fit_writes_config_checkpoints_and_test_metrics(fitted) -> None:
     evaluation = run / "evaluation"
     names = {p.name for p in evaluation.iterdir()}
     assert names == {
+        "test_predictions.csv",
         "test_confusion_matrix.csv",
         "test_confusion_matrix.png",
         "test_classification_report.csv",
         "test_embedding_map.png",
     }
+    predictions = list(csv.DictReader((evaluation / "test_predictions.csv").open()))
+    assert len({row["id"] for row in predictions}) == 18 == len(predictions)  # every test case once
+    assert all(
+        sum(float(v) for k, v in row.items() if k.startswith("prob_")) == pytest.approx(1) for row in predictions
+    )
     matrix = list(csv.reader((evaluation / "test_confusion_matrix.csv").open()))
     assert sum(int(x) for row in matrix[1:] for x in row[1:]) == 18  # every test sample once
     report = {r["class"]: r for r in csv.DictReader((evaluation / "test_classification_report.csv").open())}

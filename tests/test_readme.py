@@ -215,5 +215,5 @@ def test_compare_commands_parse(argv: list[str], monkeypatch) -> None:
     test_compare.py)."""
     monkeypatch.chdir(ROOT)
     args = compare_parser().parse_args(argv[1:])
-    assert args.fusions and args.heads and args.seeds
+    assert (args.fusions or args.heads or args.axes) and args.seeds  # something varies
     assert all((ROOT / base).is_file() for base in args.base), args.base

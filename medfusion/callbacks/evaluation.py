@@ -3,7 +3,9 @@ classification report, embedding map and (optionally) temperature scaling on the
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -29,13 +31,27 @@ def file_stem(prefix: str) -> str:
     return prefix.rstrip("/")
 
 
+def write_test_predictions(
+    path: Path, ids: list[str], labels: torch.Tensor, probs: torch.Tensor, class_names: list[str]
+) -> None:
+    """``id, label, prob_<class>...`` per case (``label`` a class name), in the order given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", *(f"prob_{name}" for name in class_names)])
+        for sample_id, label, row in zip(ids, labels.tolist(), probs.double().tolist(), strict=True):
+            writer.writerow([sample_id, class_names[label], *(f"{p:.8g}" for p in row)])
+
+
 class Evaluation(Callback):
     """After ``test``, for every test set (``test/``, ``test_<name>/``):
 
     - logs 95 % percentile-bootstrap intervals of accuracy, balanced accuracy, macro-F1 and macro-AUROC (and,
       for a graded model, quadratic weighted kappa and the mean absolute grade error) as
       ``<prefix><metric>_ci_low`` / ``_ci_high`` (so they reach ``metrics.json`` and every logger);
-    - writes ``evaluation/<set>_confusion_matrix.{csv,png}``, ``<set>_classification_report.csv`` and
+    - writes ``evaluation/<set>_predictions.csv`` (``id, label, prob_<class>...``, every case once, sorted by id:
+      what paired comparisons between runs read), ``evaluation/<set>_confusion_matrix.{csv,png}``,
+      ``<set>_classification_report.csv`` and
       ``<set>_embedding_map.png`` (t-SNE of the features before the head, coloured by class) in the run dir,
       and logs the images, a W&B confusion matrix and a per-class table; a class with no samples in the test set
       is reported with support 0, warned about and, if also never predicted, shown ``n/a`` and left out of the
@@ -165,6 +181,7 @@ class Evaluation(Callback):
 
     def _write(self, trainer: L.Trainer, out_dir: Any, stem: str, data: dict[str, Any], class_names: list[str]) -> None:
         labels, preds = data["label"], data["probs"].argmax(-1)
+        write_test_predictions(out_dir / f"{stem}_predictions.csv", data["id"], labels, data["probs"], class_names)
         cm = confusion_matrix(preds, labels, len(class_names))
         cm_png = out_dir / f"{stem}_confusion_matrix.png"
         write_confusion_matrix(cm, class_names, out_dir / f"{stem}_confusion_matrix.csv", cm_png, title=stem)

@@ -690,6 +690,11 @@ class MultimodalDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._data("val"), train=False)
 
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training rows in order, in evaluation batches (no shuffling, no balanced sampling): what a model's
+        training-set metrics are measured on (learning curves). The training dataset's own transform applies."""
+        return self._loader(self._data("train"), train=False)
+
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._loader(self._data(n if n == "test" else f"test_{n}"), False) for n in self.test_set_names]
         return loaders[0] if len(loaders) == 1 else loaders

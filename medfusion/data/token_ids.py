@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from tokenizers import models, normalizers, pre_tokenizers
@@ -37,9 +38,23 @@ class TokenIds(Sequence):
         bounded = isinstance(model, (models.WordPiece, models.BPE, models.WordLevel))
         self._per_byte = 1 if bounded else 2 if isinstance(model, models.Unigram) else None
         self._counter = _WordPieceCounter.of(tokenizer)
+        self._digest: str | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def digest(self) -> str:
+        """A hash of what determines the ids: the tokenizer (its full definition), ``max_length`` and the texts;
+        computed once, without tokenizing (caches key their entries by it)."""
+        if self._digest is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            definition = backend.to_str() if backend is not None else repr(self.tokenizer)
+            digest = hashlib.blake2b(digest_size=16)
+            for part in (definition, str(self.max_length), *(("\0" if t is None else "\1" + t) for t in self.texts)):
+                digest.update(part.encode())
+                digest.update(b"\x1f")
+            self._digest = digest.hexdigest()
+        return self._digest
 
     def __getitem__(self, index: int) -> list[int] | None:  # type: ignore[override]
         text = self.texts[index]

@@ -1,4 +1,5 @@
-"""Evaluation utilities: bootstrap confidence intervals, calibration, confusion matrices, reports, embedding maps.
+"""Evaluation utilities: bootstrap confidence intervals, paired comparisons (bootstrap difference, DeLong),
+calibration, confusion matrices, reports, embedding maps.
 
 Macro averages, everywhere in medfusion (the logged torchmetrics of :mod:`medfusion.metrics`, the classification
 report, the bootstrap), follow one convention, torchmetrics' and scikit-learn's with the labels taken from the data:
@@ -15,6 +16,13 @@ from __future__ import annotations
 
 from medfusion.evaluation.bootstrap import bootstrap_ci, point_metrics, weighted_metrics
 from medfusion.evaluation.calibration import expected_calibration_error, fit_temperature
+from medfusion.evaluation.paired import (
+    DeLongResult,
+    PairedDifference,
+    delong_multiclass,
+    delong_test,
+    paired_bootstrap_difference,
+)
 from medfusion.evaluation.reports import (
     classification_report,
     confusion_matrix,
@@ -25,12 +33,17 @@ from medfusion.evaluation.reports import (
 )
 
 __all__ = [
+    "DeLongResult",
+    "PairedDifference",
     "bootstrap_ci",
     "classification_report",
     "confusion_matrix",
+    "delong_multiclass",
+    "delong_test",
     "embedding_map",
     "expected_calibration_error",
     "fit_temperature",
+    "paired_bootstrap_difference",
     "point_metrics",
     "project_2d",
     "weighted_metrics",

@@ -85,7 +85,9 @@ def input_digest(dataset: MultimodalDataset, modality: str) -> str:
             stat = os.stat(path) if path is not None else None
             digest.update(f"{path}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}\n".encode())
     elif modality == "text":
-        digest.update(json.dumps(list(dataset.token_ids)).encode())
+        token_ids = dataset.token_ids
+        ids = token_ids.digest() if hasattr(token_ids, "digest") else json.dumps(list(token_ids))
+        digest.update(ids.encode())
     else:
         for array in (dataset.tabular.numeric, dataset.tabular.numeric_missing, dataset.tabular.categorical):
             digest.update(np.ascontiguousarray(array).tobytes())
