@@ -37,8 +37,9 @@ GRID = yaml.safe_load((ROOT / "configs" / "compare" / "demo.yaml").read_text())
 METRICS = ["macro_f1", "balanced_acc", "macro_auroc", "acc", "ece"]
 
 
-def pure_compute(cell, base: list[str], overrides: list[str], steps: int, out: Path) -> float:
-    """Seconds of ``steps`` plain training steps of ``cell``'s model on its cached training batches."""
+def pure_compute(cell, base: list[str], overrides: list[str], epochs: int, out: Path) -> tuple[float, int]:
+    """Seconds of ``epochs`` epochs of plain training steps of ``cell``'s model on its cached training batches, and
+    the steps per epoch."""
     cli = configured(ClassifierModule, cell_args(cell, base, overrides, out / cell.name))
     model, data = cli.model, cli.datamodule
     data.prepare_data()
@@ -50,13 +51,13 @@ def pure_compute(cell, base: list[str], overrides: list[str], steps: int, out: P
     optimizer = adamw(model, [], encoder_lr=hp.lr, lr=hp.lr, weight_decay=hp.weight_decay)
     model.train()  # the frozen encoders stay frozen and in eval mode
     start = time.perf_counter()
-    for step in range(steps):
+    for step in range(epochs * len(batches)):
         _, loss, _ = model.training_objective(batches[step % len(batches)])
         loss = loss + sum(model.extra_losses().values())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, len(batches)
 
 
 def main() -> None:
@@ -84,14 +85,11 @@ def main() -> None:
         sequential = pd.read_csv(out / "one_cell_at_a_time" / "results.csv").set_index("name")
         largest = (parallel[METRICS] - sequential.loc[parallel.index, METRICS]).abs().max().max()
         cells = build_cells(make_axes({"fusion": args.fusions, "head": args.heads, "loss": None}, None), args.seeds)
-        steps_per_epoch = None
         compute = 0.0
         for cell in cells[:: len(args.seeds)]:  # one per configuration; every seed trains as many steps
-            epochs = int(sequential.loc[cell.name, "epochs"]) + 1
-            if steps_per_epoch is None:
-                metrics = pd.read_csv(out / "one_cell_at_a_time" / "cells" / cell.name / "metrics.csv")
-                steps_per_epoch = int(metrics["step"].max() + 1) // epochs
-            compute += len(args.seeds) * pure_compute(cell, base, overrides, epochs * steps_per_epoch, out / "pure")
+            epochs = int(sequential.loc[cell.name, "epochs"])  # trainer.current_epoch after fit: epochs trained
+            seconds, steps_per_epoch = pure_compute(cell, base, overrides, epochs, out / "pure")
+            compute += len(args.seeds) * seconds
     shape = f"{len(args.fusions)} fusions x {len(args.heads)} heads x {len(args.seeds)} seeds"
     print(f"\n{len(cells)} cells ({shape}), {steps_per_epoch} steps per epoch, {os.cpu_count()} cores")
     print("| run | wall s | / pure training compute |\n|---|---|---|")

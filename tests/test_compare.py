@@ -14,7 +14,7 @@ from conftest import demo_run_overrides
 
 import medfusion.compare as compare
 import medfusion.compare.cells as cells
-from medfusion.cli import main
+from medfusion.cli import console, main
 from medfusion.compare import compare_parser
 from medfusion.fusion import FUSIONS
 from medfusion.heads import HEADS
@@ -102,6 +102,31 @@ def test_an_interrupted_grid_over_an_option_axis_reruns_only_its_unfinished_cell
     report = (out / "report.md").read_text()
     assert "paired-bootstrap" in report and report.splitlines()[0] == "# Comparison: 8 cells, ranked by test macro_f1"
     assert "8 of 8 cells finished" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_cell_tests_the_same_best_epoch_with_or_without_checkpoint_files(tmp_path: Path) -> None:
+    (cell,) = compare.build_cells(compare.make_axes({"fusion": ["gated"]}, None), [0])
+    overrides = [*tiny_overrides(tmp_path), "--trainer.max_epochs=3"]
+    in_memory = cells.run_cell(cell, BASE, overrides, tmp_path / "memory" / cell.name, keep_checkpoints=False)
+    on_disk = cells.run_cell(cell, BASE, overrides, tmp_path / "disk" / cell.name, keep_checkpoints=True)
+    assert not list((tmp_path / "memory").rglob("*.ckpt")) and list((tmp_path / "disk").rglob("best-*.ckpt"))
+    assert in_memory["metrics"].keys() == on_disk["metrics"].keys()
+    for key, value in on_disk["metrics"].items():
+        assert in_memory["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_bad_grid_is_shown_to_a_cli_user_as_itself(tmp_path: Path, capsys) -> None:
+    argv = ["compare", "--base", f"[{CONFIGS / 'demo.yaml'}]", "--axes", '{"model.lr": [0.1, 0.1]}']
+    with pytest.raises(SystemExit) as exit_info:
+        console([*argv, "--out_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds a value twice" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        console(["compare", "--base", f"[{CONFIGS / 'demo.yaml'}]", "--heads", "[mlp]", "--report", "true",
+                 "--out_dir", str(tmp_path / "empty")])  # fmt: skip
+    assert "no finished cell" in capsys.readouterr().err
 
 
 def test_the_leaderboard_reports_the_t_interval_over_seeds() -> None:

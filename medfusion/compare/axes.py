@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from medfusion.data.errors import ConfigError
 from medfusion.fusion import FUSIONS
 from medfusion.heads import HEADS
 from medfusion.losses import LOSSES
@@ -83,7 +84,7 @@ class Axis:
             return item_args(self.key, value)
         if self.key == FRAGMENTS:
             if not Path(value).is_file():
-                raise FileNotFoundError(f"The config fragment {value} (axis config) does not exist")
+                raise ConfigError(f"The config fragment {value} (axis config) does not exist")
             return ["--config", str(value)]
         shown = value if isinstance(value, str) else json.dumps(value)  # a str option takes its text as is
         return [f"--{self.key}={shown}"]
@@ -126,19 +127,19 @@ def make_axes(named: Mapping[str, Sequence[Any] | None], options: Mapping[str, S
     for key, values in (options or {}).items():
         kind = key.removeprefix("model.init_args.").removeprefix("model.")
         if kind in NAMED:
-            raise ValueError(f"axis {key!r}: set the {kind} axis with --{kind}s (names, classes or fragments)")
+            raise ConfigError(f"axis {key!r}: set the {kind} axis with --{kind}s (names, classes or fragments)")
         if key == "seed" or key == "seed_everything":
-            raise ValueError("seeds are not an axis: set them with --seeds")
+            raise ConfigError("seeds are not an axis: set them with --seeds")
         given[key] = list(values) if isinstance(values, (list, tuple)) else [values]
     shorts = short_names(list(given))
     axes = []
     for key, values in given.items():
         if not values:
-            raise ValueError(f"axis {key!r} has no values")
+            raise ConfigError(f"axis {key!r} has no values")
         axis = Axis(key, tuple(values), shorts[key])
         tags = [axis.tag(v) for v in values]
         if len(set(tags)) != len(tags):
-            raise ValueError(f"axis {key!r} holds a value twice (as cell names: {tags})")
+            raise ConfigError(f"axis {key!r} holds a value twice (as cell names: {tags})")
         axes.append(axis)
     return axes
 
@@ -158,9 +159,6 @@ class Cell:
     def configuration(self) -> str:
         """The name without the seed: the leaderboard row it belongs to."""
         return self.name.rsplit("-", 1)[0]
-
-    def value(self, key: str) -> Any:
-        return next(value for axis, value in self.settings if axis.key == key)
 
     def columns(self) -> dict[str, Any]:
         """The cell's axis values as table columns (keyed by axis key)."""
@@ -183,18 +181,18 @@ def build_cells(
         for axis in axes:
             value = (base_point or {}).get(axis.key, axis.values[0])
             if value not in axis.values:
-                raise ValueError(f"base_point {axis.key}={value!r} is not one of the axis' values {list(axis.values)}")
+                raise ConfigError(f"base_point {axis.key}={value!r} is not one of the axis' values {list(axis.values)}")
             base.append(value)
         unknown = set(base_point or {}) - {a.key for a in axes}
         if unknown:
-            raise ValueError(f"base_point names no axis: {sorted(unknown)}")
+            raise ConfigError(f"base_point names no axis: {sorted(unknown)}")
         points = [tuple(zip(axes, base, strict=True))]
         for i, axis in enumerate(axes):
             for value in axis.values:
                 if value != base[i]:
                     points.append(tuple(zip(axes, [*base[:i], value, *base[i + 1 :]], strict=True)))
     else:
-        raise ValueError(f"mode must be 'product' or 'one_at_a_time', got {mode!r}")
+        raise ConfigError(f"mode must be 'product' or 'one_at_a_time', got {mode!r}")
     return [Cell(point, seed) for point in points for seed in seeds]
 
 

@@ -15,12 +15,15 @@ import torch
 from scipy import stats
 
 from medfusion.compare.axes import NAMED, label
+from medfusion.data.errors import ConfigError
 from medfusion.evaluation import delong_multiclass, paired_bootstrap_difference
+from medfusion.evaluation.bootstrap import GRADED_METRICS
+from medfusion.evaluation.bootstrap import METRICS as BOOTSTRAP_METRICS
 
 METRICS = ("macro_f1", "balanced_acc", "macro_auroc", "acc", "ece", "qwk", "grade_mae")  # graded: qwk, grade_mae
 LOWER_IS_BETTER = {"ece", "grade_mae"}
 RANGES = {"qwk": (-1.0, 1.0), "grade_mae": (0.0, math.inf)}  # the others lie in [0, 1]
-PAIRED_METRICS = {"acc", "balanced_acc", "macro_f1", "macro_auroc", "qwk", "grade_mae"}  # the bootstrap's
+PAIRED_METRICS = {*BOOTSTRAP_METRICS, *GRADED_METRICS}  # what the paired bootstrap computes
 CELL_COLUMNS = ("name", "configuration", "seed", "params", "trainable_params", "epochs", "fit_s", "test_s")
 
 
@@ -117,11 +120,12 @@ def leaderboard(
 
 
 # ------------------------------------------------------------------------------------------------ paired statistics
-def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """``(ids, labels, probs [N, C])`` of an ``evaluation/<set>_predictions.csv``, sorted by id."""
+def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """``(ids, labels, probs [N, C], class names)`` of an ``evaluation/<set>_predictions.csv``, sorted by id."""
     frame = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False).sort_values("id", kind="stable")
-    probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy(dtype=np.float64)
-    return frame["id"].tolist(), frame["label"].tolist(), probs
+    columns = [c for c in frame.columns if c.startswith("prob_")]
+    probs = frame[columns].to_numpy(dtype=np.float64)
+    return frame["id"].tolist(), frame["label"].tolist(), probs, [c.removeprefix("prob_") for c in columns]
 
 
 def paired_against_best(
@@ -143,21 +147,19 @@ def paired_against_best(
         return board
     loaded = {config: [read_predictions(p) for p in paths] for config, paths in predictions.items()}
     reference = next(iter(loaded.values()))[0]
-    names = sorted(set(reference[1]))
+    names, class_names = sorted(set(reference[1])), reference[3]
     for config, runs in loaded.items():
-        for ids, labels, _ in runs:
+        for ids, labels, _, _ in runs:
             if ids != reference[0] or labels != reference[1]:
-                raise ValueError(
+                raise ConfigError(
                     f"{config}: its test predictions hold other cases than {next(iter(loaded))}'s; a paired "
                     "comparison needs the same test cases in every cell (same data, split seed and test sets)"
                 )
-    class_names = [c.removeprefix("prob_") for c in pd.read_csv(next(iter(predictions.values()))[0], nrows=0).columns]
-    class_names = [c for c in class_names if c not in ("id", "label")]
     index = {name: i for i, name in enumerate(class_names)}
     if not set(names) <= set(index):
-        raise ValueError(f"test labels {sorted(set(names) - set(index))} are not among the classes {class_names}")
+        raise ConfigError(f"test labels {sorted(set(names) - set(index))} are not among the classes {class_names}")
     labels = torch.tensor([index[name] for name in reference[1]])
-    runs_of = {config: [torch.from_numpy(probs) for _, _, probs in runs] for config, runs in loaded.items()}
+    runs_of = {config: [torch.from_numpy(probs) for _, _, probs, _ in runs] for config, runs in loaded.items()}
     best = board.loc[board["rank"] == 1, "configuration"].iloc[0]
     board = board.copy()
     columns: dict[str, list[Any]] = {f"{metric}_diff": [], f"{metric}_diff_low": [], f"{metric}_diff_high": []}

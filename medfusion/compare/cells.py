@@ -21,12 +21,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from medfusion.callbacks import BestWeights
 from medfusion.cli import LoggerSaveConfigCallback, MedfusionCLI, own_best_checkpoint, program_name_only
 from medfusion.compare.axes import Cell, cell_args
 from medfusion.data import MultimodalDataModule
+from medfusion.data.errors import ConfigError
 from medfusion.evaluation import point_metrics
 from medfusion.models import ClassifierModule
 from medfusion.models.feature_cache import serve_cached_features
@@ -99,17 +101,25 @@ def run_cell(cell: Cell, base: Sequence[str], overrides: Sequence[str], cell_dir
     test metrics (every test set), its training-set metrics, the parameter counts and the fit and test times. A
     half-finished directory of an earlier attempt is removed first."""
     shutil.rmtree(cell_dir, ignore_errors=True)
-    with program_name_only():  # the cell's own arguments, not those of the compare command
-        cli = MedfusionCLI(
-            ClassifierModule,
-            MultimodalDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=cell_args(cell, base, overrides, cell_dir),
-            run=False,
-            auto_configure_optimizers=False,
-            save_config_callback=LoggerSaveConfigCallback,
-        )
+    args = cell_args(cell, base, overrides, cell_dir)
+    try:
+        with program_name_only():  # the cell's own arguments, not those of the compare command
+            cli = MedfusionCLI(
+                ClassifierModule,
+                MultimodalDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=args,
+                run=False,
+                auto_configure_optimizers=False,
+                save_config_callback=LoggerSaveConfigCallback,
+                parser_kwargs={"exit_on_error": False},
+            )
+    except ArgumentError as err:  # an axis key or value (or an override) fit does not take: named, not a usage dump
+        raise ConfigError(
+            f"cell {cell.name}: its medfusion fit arguments do not parse: {err}. Fix the axis or override it names "
+            f"(the arguments: {' '.join(args)})"
+        ) from None
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     best = None if keep_checkpoints else keep_best_in_memory(trainer)
     start = time.perf_counter()
@@ -150,7 +160,7 @@ def check_same_grid(out_dir: Path, base: Sequence[str], overrides: Sequence[str]
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous != spec:
-            raise ValueError(
+            raise ConfigError(
                 f"{out_dir} holds a comparison of other base configs or overrides ({previous}); finished cells would "
                 f"be mixed with new ones. Use another --out_dir, or delete {out_dir}."
             )

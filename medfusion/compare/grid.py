@@ -21,6 +21,7 @@ from medfusion.compare import cells as cell_runs
 from medfusion.compare.axes import Axis, Cell, Mode, build_cells, make_axes
 from medfusion.compare.board import METRICS, leaderboard, markdown, paired_against_best, results_table
 from medfusion.compare.plots import plot_axes, plot_epochs, plot_leaderboard, plot_learning_curve
+from medfusion.data.errors import ConfigError
 
 REPORT_NOTE = (
     "Metrics: mean ± std [95% Student-t interval] over seeds. Δ vs best: each configuration's metric (the mean of "
@@ -97,7 +98,7 @@ def run_grid(
     todo = [(c, out_dir / "cells" / c.name) for c in cells if c.name not in finished]
     if report_only:
         if not finished:
-            raise FileNotFoundError(f"{out_dir} holds no finished cell of this grid: run it first (without --report)")
+            raise ConfigError(f"{out_dir} holds no finished cell of this grid: run it first (without --report)")
         print(f"{len(finished)} of {len(cells)} cells finished; the report covers those", flush=True)
     else:
         for index, cell in enumerate(c for c in cells if c.name in finished):

@@ -33,11 +33,11 @@ def pyplot() -> Any:
     return plt
 
 
-def row_label(row: Any, keys: Sequence[str], names: Mapping[str, str]) -> str:
+def row_label(row: pd.Series, keys: Sequence[str], names: Mapping[str, str]) -> str:
     """``concat · mlp · lr=0.001``: the configuration's axis values."""
     parts = []
     for key in keys:
-        value = getattr(row, key) if not isinstance(row, pd.Series) else row[key]
+        value = row[key]
         if value == "" or value is None:
             continue
         shown = f"{value:g}" if isinstance(value, float) else str(value)
@@ -124,14 +124,15 @@ def plot_axes(board: pd.DataFrame, axes: Sequence[Axis], path: Path, metric: str
     plt = pyplot()
     figure, panels = plt.subplots(1, len(numeric), figsize=(4.5 * len(numeric), 3.6), squeeze=False)
     for panel, axis in zip(panels[0], numeric, strict=True):
-        for name, rows in curves(board, axis, keys)[:8]:
+        lines = curves(board, axis, keys)[:8]
+        for name, rows in lines:
             band(panel, rows, axis.key, metric, name)
         if log_scale(axis):
             panel.set_xscale("log")
         panel.set_xlabel(axis.short)
         panel.set_ylabel(f"test {metric}")
         panel.grid(alpha=0.3)
-        if len(curves(board, axis, keys)) > 1:
+        if len(lines) > 1:
             panel.legend(fontsize=7)
     figure.suptitle(f"test {metric} by axis (mean over seeds, 95% CI)", fontsize=10)
     figure.tight_layout()

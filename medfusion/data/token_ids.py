@@ -50,9 +50,9 @@ class TokenIds(Sequence):
             backend = getattr(self.tokenizer, "backend_tokenizer", None)
             definition = backend.to_str() if backend is not None else repr(self.tokenizer)
             digest = hashlib.blake2b(digest_size=16)
-            for part in (definition, str(self.max_length), *(("\0" if t is None else "\1" + t) for t in self.texts)):
-                digest.update(part.encode())
-                digest.update(b"\x1f")
+            for part in (definition, str(self.max_length), *self.texts):  # length-prefixed: no two inputs collide
+                encoded = b"" if part is None else part.encode()
+                digest.update(b"N" if part is None else b"T" + len(encoded).to_bytes(8, "little") + encoded)
             self._digest = digest.hexdigest()
         return self._digest
 

@@ -9,6 +9,8 @@ F1 over the classes with ``tp + fp + fn > 0``; macro AUROC over the classes with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -116,6 +118,18 @@ def point_metrics(probs: Tensor, labels: Tensor, graded: bool = False) -> dict[s
     return {name: float(value[0]) for name, value in weighted_metrics(probs, labels, ones, graded).items()}
 
 
+def resample_counts(n: int, num_resamples: int, seed: int = 0) -> Iterator[Tensor]:
+    """``num_resamples`` bootstrap resamples of N cases as multinomial counts, in chunks ``[R_chunk, N]`` (float64)
+    of at most ~4M elements, drawn on the CPU from a ``torch.Generator`` seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, num_resamples, chunk):
+        size = min(chunk, num_resamples - start)
+        drawn = torch.randint(0, n, (size, n), generator=generator)
+        counts = torch.zeros(size, n, dtype=torch.float64)
+        yield counts.scatter_add_(1, drawn, torch.ones(size, n, dtype=torch.float64))
+
+
 def bootstrap_ci(
     probs: Tensor,
     labels: Tensor,
@@ -137,15 +151,8 @@ def bootstrap_ci(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     probs, labels = probs.detach().cpu(), labels.detach().cpu()
-    n = probs.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    chunk = max(1, _CHUNK_ELEMENTS // n)
     values: dict[str, list[Tensor]] = {name: [] for name in (*METRICS, *(GRADED_METRICS if graded else ()))}
-    for start in range(0, num_resamples, chunk):
-        size = min(chunk, num_resamples - start)
-        drawn = torch.randint(0, n, (size, n), generator=generator)
-        counts = torch.zeros(size, n, dtype=torch.float64)
-        counts.scatter_add_(1, drawn, torch.ones(size, n, dtype=torch.float64))
+    for counts in resample_counts(probs.shape[0], num_resamples, seed):
         for name, value in weighted_metrics(probs, labels, counts, graded).items():
             values[name].append(value)
     alpha = (1 - confidence) / 2

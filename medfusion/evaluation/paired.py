@@ -17,9 +17,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from medfusion.evaluation.bootstrap import _validate_predictions, weighted_metrics
-
-_CHUNK = 200  # resamples per weighted_metrics call
+from medfusion.evaluation.bootstrap import resample_counts, weighted_metrics  # weighted_metrics validates
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,7 @@ class PairedDifference:
 
 def _seed_average(runs: Sequence[Tensor], labels: Tensor, weights: Tensor, metric: str, graded: bool) -> Tensor:
     """The metric of each weighted copy [R], averaged over the runs (the seeds) of one configuration."""
-    values = []
-    for probs in runs:
-        _validate_predictions(probs, labels)
-        values.append(weighted_metrics(probs.double(), labels, weights, graded)[metric])
-    return torch.stack(values).mean(0)
+    return torch.stack([weighted_metrics(probs, labels, weights, graded)[metric] for probs in runs]).mean(0)
 
 
 def paired_bootstrap_difference(
@@ -65,24 +59,18 @@ def paired_bootstrap_difference(
     """
     if not runs_a or not runs_b:
         raise ValueError("each configuration needs the predictions of at least one run")
-    n = len(labels)
-    ones = torch.ones(1, n, dtype=torch.float64)
+    runs_a, runs_b = [p.detach().cpu().double() for p in runs_a], [p.detach().cpu().double() for p in runs_b]
+    ones = torch.ones(1, len(labels), dtype=torch.float64)
     point = _seed_average(runs_a, labels, ones, metric, graded) - _seed_average(runs_b, labels, ones, metric, graded)
-    generator = torch.Generator().manual_seed(seed)
-    differences = []
-    for start in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - start)
-        drawn = torch.randint(n, (size, n), generator=generator)
-        weights = torch.zeros(size, n, dtype=torch.float64).scatter_add_(1, drawn, torch.ones(size, n).double())
-        a = _seed_average(runs_a, labels, weights, metric, graded)
-        b = _seed_average(runs_b, labels, weights, metric, graded)
-        differences.append(a - b)
-    values = torch.cat(differences)
-    values = values[~values.isnan()]
-    alpha = (1 - confidence) / 2
-    if len(values) == 0:
+    differences = torch.cat([
+        _seed_average(runs_a, labels, counts, metric, graded) - _seed_average(runs_b, labels, counts, metric, graded)
+        for counts in resample_counts(len(labels), resamples, seed)
+    ])  # fmt: skip
+    if differences.isnan().all():
         return PairedDifference(float(point), math.nan, math.nan)
-    low, high = torch.quantile(values, torch.tensor([alpha, 1 - alpha], dtype=values.dtype)).tolist()
+    alpha = (1 - confidence) / 2
+    levels = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)
+    low, high = torch.nanquantile(differences, levels).tolist()
     return PairedDifference(float(point), low, high)
 
 
