@@ -16,7 +16,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medfusion.callbacks import BestWeights
-from medfusion.compare import leaderboard, markdown, paired_against_best, results_table
+from medfusion.compare import leaderboard, make_axes, markdown, paired_against_best, results_table
+from medfusion.compare.grid import summarise
 from medfusion.evaluation import delong_multiclass, delong_test, paired_bootstrap_difference
 
 LABELS = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
@@ -163,3 +164,12 @@ def test_best_weights_keep_the_epoch_a_model_checkpoint_would_keep() -> None:
         lowest.on_train_epoch_end(trainer, module)
     assert lowest.restore(module) and (module.weight == 1.0).all()
     assert not BestWeights("val/acc").restore(module)  # never validated: nothing to restore
+
+
+def test_cells_without_prediction_files_are_reported_not_silently_unpaired(tmp_path: Path, capsys) -> None:
+    results = [result(name, seed, {"test/macro_f1": 0.5 + 0.1 * seed}) for name in ("a", "b") for seed in (0, 1)]
+    axes = make_axes({"fusion": ["a", "b"]}, None)
+    board = summarise(results, axes, tmp_path, "macro_f1", delong=False, print_report=False)
+    assert "macro_f1_diff" not in board
+    assert "No paired differences: 4 cell(s) have no test predictions" in capsys.readouterr().out
+    assert (tmp_path / "leaderboard.md").is_file() and (tmp_path / "report.md").is_file()

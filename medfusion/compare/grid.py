@@ -129,7 +129,11 @@ def summarise(
         config: [out_dir / "cells" / name / "evaluation" / "test_predictions.csv" for name in runs["name"]]
         for config, runs in table.groupby("configuration", sort=False)
     }
-    if all(path.is_file() for paths in predictions.values() for path in paths):
+    missing = [path for paths in predictions.values() for path in paths if not path.is_file()]
+    if missing:  # cells of an earlier medfusion wrote no predictions: say so rather than drop the column silently
+        print(f"No paired differences: {len(missing)} cell(s) have no test predictions (e.g. {missing[0]}); re-run "
+              "those cells (delete their directories) to get them", flush=True)  # fmt: skip
+    else:
         board = paired_against_best(board, predictions, metric, delong=delong, graded=graded)
     board.to_csv(out_dir / "leaderboard.csv", index=False)
     text = markdown(board, METRICS, keys, names, metric)
