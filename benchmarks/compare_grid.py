@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
 from medfusion.cli import configured
@@ -50,6 +51,7 @@ def pure_compute(cell, base: list[str], overrides: list[str], epochs: int, out: 
     hp = model.hparams
     optimizer = adamw(model, [], encoder_lr=hp.lr, lr=hp.lr, weight_decay=hp.weight_decay)
     model.train()  # the frozen encoders stay frozen and in eval mode
+    torch.set_flush_denormal(True)  # as a fit on the CPU does
     start = time.perf_counter()
     for step in range(epochs * len(batches)):
         _, loss, _ = model.training_objective(batches[step % len(batches)])

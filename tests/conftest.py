@@ -14,6 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+# Under pytest-xdist (pyproject's addopts) each worker process gets its share of the cores for torch's threads:
+# idle threads spinning on a core another worker needs cost far more than they gain on tests' small tensors.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
+
 # The reference data lives next to the repository (../shared/data), never inside it.
 HAM_METADATA = Path(__file__).parents[2] / "shared" / "data" / "HAM10000_metadata.csv"
 

@@ -316,3 +316,30 @@ def test_head_config_fragment_builds(path: Path) -> None:
     assert isinstance(head, Head) and head.registry_name in ALL_HEADS
     assert head(torch.randn(4, 16)).shape == (4, 3)
     assert math.isfinite(head(torch.randn(4, 16)).sum().item())
+
+
+def reference_bases(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """Cox–de Boor on the knots themselves, differentiated by autograd: what KANLinear.b_splines must equal."""
+    x = x.unsqueeze(-1)
+    bases = ((x >= grid[:-1]) & (x < grid[1:])).to(x.dtype)
+    for k in range(1, order + 1):
+        left = (x - grid[: -(k + 1)]) / (grid[k:-1] - grid[: -(k + 1)]) * bases[..., :-1]
+        right = (grid[k + 1 :] - x) / (grid[k + 1 :] - grid[1:-k]) * bases[..., 1:]
+        bases = left + right
+    return bases
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_bspline_bases_and_their_analytic_gradient_equal_autograd_through_the_recursion(order: int) -> None:
+    layer = KANLinear(6, 2, grid_size=4, spline_order=order, grid_range=(-1.5, 0.5)).double()
+    x = (torch.rand(40, 6, dtype=torch.float64) * 4 - 2.5).requires_grad_()  # inside and outside the grid
+    weights = torch.randn(40, 6, 4 + order, dtype=torch.float64)
+    bases = layer.b_splines(x)
+    expected = reference_bases(x, layer.grid, order)
+    torch.testing.assert_close(bases, expected)
+    (grad,) = torch.autograd.grad((bases * weights).sum(), x)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    torch.testing.assert_close(grad, expected_grad)
+    assert grad.abs().sum() > 0
+    with torch.no_grad():  # evaluation takes the plain path: the same values
+        torch.testing.assert_close(layer.b_splines(x), expected.detach())

@@ -338,6 +338,8 @@ class ClassifierModule(L.LightningModule):
             logger.log_metrics(metrics, step=self.global_step)
 
     def on_fit_start(self) -> None:
+        if self.device.type == "cpu":  # subnormal floats (tiny optimizer states, spline bases) cost ~10-100x on CPUs
+            torch.set_flush_denormal(True)
         self.log_data_report()
         if getattr(self.trainer.datamodule, "sampler", None) != "balanced":
             return
@@ -348,6 +350,9 @@ class ClassifierModule(L.LightningModule):
                 "imbalance twice and over-favours rare classes; use one correction (data.sampler: shuffle, "
                 "or a plain loss without post-hoc adjustment)."
             )
+
+    def on_fit_end(self) -> None:
+        torch.set_flush_denormal(False)  # the process default again (a notebook's later work is unchanged)
 
     def on_test_start(self) -> None:
         self.log_data_report()
