@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -186,3 +188,31 @@ def test_predict_step_gives_probabilities() -> None:
 def test_no_device_is_hard_coded() -> None:
     for module in (medfusion.models.base, medfusion.models.multimodal, medfusion.models.unimodal):
         assert "cuda" not in inspect.getsource(module)
+
+
+@pytest.mark.parametrize("progress_bar", [False, True])
+def test_per_step_values_are_logged_on_the_steps_the_loggers_write(tmp_path, progress_bar: bool) -> None:
+    """Without a progress bar the training step logs ``train/loss`` only on the steps Lightning writes (every
+    ``log_every_n_steps``) and an epoch's last: the metrics file holds exactly those rows, each the step's own loss,
+    and ``callback_metrics`` the last step's, as when every step logged."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = TextClassifier(num_classes=2, text_encoder=SMALL_TEXT, vocab_size=VOCAB, lr=3e-3, scheduler="constant")
+    losses: list[float] = []
+    model.on_train_batch_end = lambda outputs, batch, batch_idx: losses.append(float(outputs["loss"]))
+    data = [{**s, "label": s["bits"][1]} for s in toy_samples(64)]
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="log"),
+        log_every_n_steps=3,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=8, collate_fn=Collate(0)))
+    rows = [r for r in csv.DictReader((Path(trainer.log_dir) / "metrics.csv").open()) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == [2, 5, 8, 11, 14]  # 16 steps, every third written (0-based)
+    for row in rows:
+        assert float(row["train/loss"]) == pytest.approx(losses[int(row["step"])], abs=1e-6)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses[-1], abs=1e-6)  # what monitors read

@@ -196,3 +196,20 @@ def test_evaluation_callback_report_matches_logged_metrics(tmp_path: Path) -> No
     assert metrics["test/macro_auroc"] == pytest.approx(expected["macro_auroc"], abs=1e-6)
     for name in ("balanced_acc", "macro_f1"):
         assert metrics[f"test/{name}_ci_low"] <= metrics[f"test/{name}"] <= metrics[f"test/{name}_ci_high"], name
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("png", [True, False])
+def test_the_confusion_matrix_picture_is_optional_its_csv_is_not(tmp_path: Path, png: bool) -> None:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[Evaluation(bootstrap_resamples=0, embedding_map=False, confusion_matrix_png=png)],
+    )
+    trainer.test(Replay(), DataLoader(Fixed(scores(PREDS_ABSENT), LABELS), batch_size=3), verbose=False)
+    assert (tmp_path / "evaluation" / "test_confusion_matrix.csv").is_file()
+    assert (tmp_path / "evaluation" / "test_confusion_matrix.png").is_file() == png

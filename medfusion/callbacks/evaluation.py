@@ -64,6 +64,8 @@ class Evaluation(Callback):
         confidence: the intervals' confidence level.
         temperature_scaling: fit a temperature on the validation set before test and predict.
         embedding_map: write and log the embedding map.
+        confusion_matrix_png: write and log the confusion matrix as a picture too (its CSV is always written;
+            a grid of many runs saves ~0.4 s a run without it).
         embedding_method: ``tsne`` or ``pca``.
         output_dir: sub-directory of the run dir for the files.
     """
@@ -76,6 +78,7 @@ class Evaluation(Callback):
         embedding_map: bool = True,
         embedding_method: Literal["tsne", "pca"] = "tsne",
         output_dir: str = "evaluation",
+        confusion_matrix_png: bool = True,
     ) -> None:
         self.bootstrap_resamples = bootstrap_resamples
         self.confidence = confidence
@@ -83,6 +86,7 @@ class Evaluation(Callback):
         self.embedding_map = embedding_map
         self.embedding_method = embedding_method
         self.output_dir = output_dir
+        self.confusion_matrix_png = confusion_matrix_png
         self._outputs: dict[int, list[dict[str, Any]]] = defaultdict(list)
 
     # ------------------------------------------------------------------ temperature scaling
@@ -183,7 +187,7 @@ class Evaluation(Callback):
         labels, preds = data["label"], data["probs"].argmax(-1)
         write_test_predictions(out_dir / f"{stem}_predictions.csv", data["id"], labels, data["probs"], class_names)
         cm = confusion_matrix(preds, labels, len(class_names))
-        cm_png = out_dir / f"{stem}_confusion_matrix.png"
+        cm_png = out_dir / f"{stem}_confusion_matrix.png" if self.confusion_matrix_png else None
         write_confusion_matrix(cm, class_names, out_dir / f"{stem}_confusion_matrix.csv", cm_png, title=stem)
         report = classification_report(cm, class_names)
         absent = [name for name, support in zip(class_names, cm.sum(1).tolist(), strict=True) if support == 0]
@@ -193,7 +197,8 @@ class Evaluation(Callback):
                 "macro averages (n/a in the classification report), those predicted score 0"
             )
         write_classification_report(report, out_dir / f"{stem}_classification_report.csv")
-        log_image(trainer, f"{stem}/confusion_matrix", cm_png)
+        if cm_png is not None:
+            log_image(trainer, f"{stem}/confusion_matrix", cm_png)
         log_confusion_matrix(trainer, f"{stem}/confusion_matrix_plot", labels.tolist(), preds.tolist(), class_names)
         columns = ["class", "precision", "recall", "f1", "support"]
         log_table(trainer, f"{stem}/per_class", columns, [[row[c] for c in columns] for row in report])
