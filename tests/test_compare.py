@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import demo_run_overrides
 
@@ -114,6 +116,26 @@ def test_a_cell_tests_the_same_best_epoch_with_or_without_checkpoint_files(tmp_p
     assert in_memory["metrics"].keys() == on_disk["metrics"].keys()
     for key, value in on_disk["metrics"].items():
         assert in_memory["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_cells_run_two_at_a_time_give_the_results_of_one_at_a_time(tmp_path: Path) -> None:
+    """``workers: 2`` (the shipped cached grids) trains each cell in a spawned process of its own: the same cells,
+    the same test metrics (the same seeds) as the cells run one by one in this process."""
+    options = {"base": BASE, "fusions": ["concat", "gated"], "heads": ["mlp"], "seeds": [0]}
+    options["overrides"] = tiny_overrides(tmp_path)
+    threads, own = max(1, (os.cpu_count() or 1) // 2), torch.get_num_threads()
+    torch.set_num_threads(threads)  # as many as each of the two workers gets: the same sums
+    try:
+        compare.run_grid(**options, out_dir=tmp_path / "one", workers=1)
+    finally:
+        torch.set_num_threads(own)
+    compare.run_grid(**options, out_dir=tmp_path / "two", workers=2)
+    one, two = (pd.read_csv(tmp_path / d / "results.csv").set_index("name") for d in ("one", "two"))
+    assert list(two.index) == list(one.index) == ["concat-mlp-s0", "gated-mlp-s0"]
+    assert (two["threads"] == threads).all() and (one["threads"] == threads).all()
+    metrics = ["macro_f1", "balanced_acc", "macro_auroc", "acc", "ece", "train_macro_f1"]
+    assert (two[metrics] - one[metrics]).abs().max().max() < 1e-4
 
 
 def test_a_bad_grid_is_shown_to_a_cli_user_as_itself(tmp_path: Path, capsys) -> None:

@@ -24,7 +24,8 @@ METRICS = ("macro_f1", "balanced_acc", "macro_auroc", "acc", "ece", "qwk", "grad
 LOWER_IS_BETTER = {"ece", "grade_mae"}
 RANGES = {"qwk": (-1.0, 1.0), "grade_mae": (0.0, math.inf)}  # the others lie in [0, 1]
 PAIRED_METRICS = {*BOOTSTRAP_METRICS, *GRADED_METRICS}  # what the paired bootstrap computes
-CELL_COLUMNS = ("name", "configuration", "seed", "params", "trainable_params", "epochs", "fit_s", "test_s")
+# threads: torch's intra-op threads the cell trained with (another count may change its last digits, see run_cell)
+CELL_COLUMNS = ("name", "configuration", "seed", "params", "trainable_params", "epochs", "fit_s", "test_s", "threads")
 
 
 def result_columns(result: Mapping[str, Any]) -> dict[str, Any]:

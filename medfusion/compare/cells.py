@@ -98,8 +98,12 @@ def finite(values: dict[str, float]) -> dict[str, float | None]:
 
 def run_cell(cell: Cell, base: Sequence[str], overrides: Sequence[str], cell_dir: Path, keep_checkpoints: bool) -> dict:
     """Fit, then test the best epoch's weights; returns (and writes as ``result.json``) the cell's axis values, its
-    test metrics (every test set), its training-set metrics, the parameter counts and the fit and test times. A
-    half-finished directory of an earlier attempt is removed first."""
+    test metrics (every test set), its training-set metrics, the parameter counts, the fit and test times and the
+    number of threads it trained with. A half-finished directory of an earlier attempt is removed first.
+
+    A cell's metrics are those of the same cell run alone with as many threads (the same seed, the same sums); with
+    another thread count a product or reduction adds in another order, and some trainings (bilinear and attention
+    fusions) grow those last-digit differences into visible ones."""
     shutil.rmtree(cell_dir, ignore_errors=True)
     args = cell_args(cell, base, overrides, cell_dir)
     try:
@@ -146,6 +150,7 @@ def run_cell(cell: Cell, base: Sequence[str], overrides: Sequence[str], cell_dir
         "epochs": trainer.current_epoch,
         "fit_s": fit_s,
         "test_s": test_s,
+        "threads": torch.get_num_threads(),
     }
     partial = cell_dir / "result.json.tmp"
     partial.write_text(json.dumps(result, indent=2) + "\n")

@@ -682,6 +682,13 @@ class MultimodalDataModule(L.LightningDataModule):
         missing = tuple(self.tokenizer("")["input_ids"])
         return Collate(self.tokenizer.pad_token_id, missing_text_ids=missing, image_shape=shape, sets=sets)
 
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """On the CPU the loaders' batches are where they belong: skip Lightning's walk over the nested batch dict
+        (~0.4 ms a step, a tenth of a small cached model's)."""
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader:
         """An :class:`EpochSeededLoader`: each epoch's order, augmentation and dropout are reseeded from the run's
         seed and the epoch, and its epoch counter travels in checkpoints, so a resumed run repeats them exactly."""
