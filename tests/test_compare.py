@@ -315,3 +315,17 @@ def test_every_value_of_a_shipped_comparison_parses(name: str, tmp_path: Path, c
 
 def type_name(cls: type) -> str:
     return cls.__name__
+
+
+def test_a_grid_worker_starts_its_loaders_workers_as_the_compare_process_does() -> None:
+    """A spawned grid worker would spawn its DataLoader workers too (each importing torch anew, ~10 s a loader while
+    a feature cache is computed); it takes the compare process's start method instead."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from medfusion.compare.grid import start_worker
+
+    method = multiprocessing.get_start_method()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=start_worker, initargs=(1, method)) as pool:
+        assert pool.submit(multiprocessing.get_start_method).result() == method

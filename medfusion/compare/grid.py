@@ -31,13 +31,16 @@ REPORT_NOTE = (
 )
 
 
-def start_worker(threads: int) -> None:
-    """A worker process of a parallel grid: its share of the cores, Lightning's info lines off, and (on Linux) a
-    SIGTERM when the compare process dies, so a killed grid leaves no orphan training on."""
+def start_worker(threads: int, start_method: str) -> None:
+    """A worker process of a parallel grid: its share of the cores, Lightning's info lines off, the compare
+    process's start method for the cell's DataLoader workers (a spawned process would spawn them too, each
+    importing torch anew: ~10 s per loader while a feature cache is computed), and (on Linux) a SIGTERM when the
+    compare process dies, so a killed grid leaves no orphan training on."""
     import torch
 
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    multiprocessing.set_start_method(start_method, force=True)
     torch.set_num_threads(threads)
     for name in cell_runs.QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -59,7 +62,8 @@ def cell_results(
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # not daemonic (a cell's loaders may start workers of their own)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
+    setup = (threads, multiprocessing.get_start_method())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=setup) as pool:
         yield from pool.map(run_one, jobs)
 
 
