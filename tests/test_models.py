@@ -216,3 +216,14 @@ def test_per_step_values_are_logged_on_the_steps_the_loggers_write(tmp_path, pro
     for row in rows:
         assert float(row["train/loss"]) == pytest.approx(losses[int(row["step"])], abs=1e-6)
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses[-1], abs=1e-6)  # what monitors read
+
+
+def test_a_cpu_fit_flushes_subnormal_floats_and_restores_the_default_after() -> None:
+    """Subnormal floats (tiny optimizer states) are flushed to 0 while a CPU fit trains, and kept again after it."""
+    subnormal = 1e-40  # below float32's smallest normal, 1.18e-38
+    seen: list[float] = []
+    model = TextClassifier(num_classes=2, text_encoder=SMALL_TEXT, vocab_size=VOCAB, lr=3e-3, scheduler="constant")
+    model.on_train_batch_end = lambda *args: seen.append(float(torch.tensor(subnormal) * 1.0))
+    fit_and_score(model, toy_samples(16), lambda image_bit, text_bit: text_bit, epochs=1)
+    assert seen and all(value == 0.0 for value in seen)
+    assert float(torch.tensor(subnormal) * 1.0) > 0

@@ -171,17 +171,22 @@ class Replay(L.LightningModule):
         return {"id": batch["id"], "label": batch["label"], "probs": batch["probs"], "features": features}
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_evaluation_callback_report_matches_logged_metrics(tmp_path: Path) -> None:
-    trainer = L.Trainer(
+def replay_trainer(root: Path, evaluation: Evaluation) -> L.Trainer:
+    """A bare CPU trainer writing into ``root`` with ``evaluation`` as its only callback."""
+    return L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[Evaluation(bootstrap_resamples=50, embedding_map=False)],
+        default_root_dir=root,
+        callbacks=[evaluation],
     )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_evaluation_callback_report_matches_logged_metrics(tmp_path: Path) -> None:
+    trainer = replay_trainer(tmp_path, Evaluation(bootstrap_resamples=50, embedding_map=False))
     loader = DataLoader(Fixed(scores(PREDS_ABSENT), LABELS), batch_size=3)
     with pytest.warns(UserWarning, match="no samples of class.*df"):
         trainer.test(Replay(), loader, verbose=False)
@@ -201,15 +206,7 @@ def test_evaluation_callback_report_matches_logged_metrics(tmp_path: Path) -> No
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("png", [True, False])
 def test_the_confusion_matrix_picture_is_optional_its_csv_is_not(tmp_path: Path, png: bool) -> None:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[Evaluation(bootstrap_resamples=0, embedding_map=False, confusion_matrix_png=png)],
-    )
+    trainer = replay_trainer(tmp_path, Evaluation(bootstrap_resamples=0, embedding_map=False, confusion_matrix_png=png))
     trainer.test(Replay(), DataLoader(Fixed(scores(PREDS_ABSENT), LABELS), batch_size=3), verbose=False)
     assert (tmp_path / "evaluation" / "test_confusion_matrix.csv").is_file()
     assert (tmp_path / "evaluation" / "test_confusion_matrix.png").is_file() == png
